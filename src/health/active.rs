@@ -1,0 +1,105 @@
+//! Active health checks: a periodic HTTP GET per endpoint, with consecutive-result thresholds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use super::Endpoint;
+
+/// One endpoint to probe, with the check settings of the version it serves.
+#[derive(Clone)]
+pub struct ProbeTarget {
+    pub endpoint: Arc<Endpoint>,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+/// The running probes; dropping this stops them all.
+#[derive(Default)]
+pub struct ActiveChecks {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ActiveChecks {
+    /// Starts one probe loop per target on the current tokio runtime. Endpoints keep their
+    /// current verdict (new ones start healthy) until the thresholds say otherwise.
+    pub fn start(targets: Vec<ProbeTarget>) -> ActiveChecks {
+        let tasks = targets.into_iter().map(|t| tokio::spawn(probe_loop(t))).collect();
+        ActiveChecks { tasks }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+}
+
+impl Drop for ActiveChecks {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn probe_loop(t: ProbeTarget) {
+    let mut successes = 0u32;
+    let mut failures = 0u32;
+    let mut ticker = tokio::time::interval(t.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let result = tokio::time::timeout(t.timeout, probe(&t)).await;
+        let ok = matches!(result, Ok(Ok(status)) if (200..400).contains(&status));
+        let down = t.endpoint.is_active_down();
+        if ok {
+            failures = 0;
+            successes += 1;
+            if down && successes >= t.healthy_threshold {
+                t.endpoint.set_active_down(false);
+                tracing::info!(endpoint = %t.endpoint.addr, path = %t.path, "active health check: endpoint is healthy again");
+            }
+        } else {
+            successes = 0;
+            failures += 1;
+            if !down && failures >= t.unhealthy_threshold {
+                t.endpoint.set_active_down(true);
+                let why = match result {
+                    Err(_) => format!("no answer within {:?}", t.timeout),
+                    Ok(Err(e)) => e,
+                    Ok(Ok(status)) => format!("status {status}"),
+                };
+                tracing::warn!(endpoint = %t.endpoint.addr, path = %t.path, reason = %why, "active health check: endpoint is unhealthy");
+            }
+        }
+    }
+}
+
+/// One GET over a fresh connection; returns the status code.
+async fn probe(t: &ProbeTarget) -> Result<u16, String> {
+    let stream = TcpStream::connect(t.endpoint.addr).await.map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(t.path.as_str())
+        .header(http::header::HOST, t.endpoint.authority.as_str())
+        .header(http::header::USER_AGENT, "tidegate-health-check")
+        .header(http::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"));
+    conn.abort();
+    Ok(resp?.status().as_u16())
+}

@@ -1,0 +1,174 @@
+//! Data-plane metrics: atomics on the request path, Prometheus text rendering, per-version windows.
+
+pub mod version;
+pub mod window;
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+pub use version::{LATENCY_BOUNDS, VersionStats};
+pub use window::WindowSnapshot;
+
+/// Why tidegate answered a request itself instead of relaying the upstream's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NoRoute,
+    NoHealthyUpstream,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    UpstreamError,
+    HeaderTooLarge,
+    HeaderTimeout,
+    BadRequest,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::NoRoute,
+        ErrorKind::NoHealthyUpstream,
+        ErrorKind::UpstreamUnreachable,
+        ErrorKind::UpstreamTimeout,
+        ErrorKind::UpstreamError,
+        ErrorKind::HeaderTooLarge,
+        ErrorKind::HeaderTimeout,
+        ErrorKind::BadRequest,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::NoHealthyUpstream => "no_healthy_upstream",
+            ErrorKind::UpstreamUnreachable => "upstream_unreachable",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::UpstreamError => "upstream_error",
+            ErrorKind::HeaderTooLarge => "header_too_large",
+            ErrorKind::HeaderTimeout => "header_timeout",
+            ErrorKind::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// Outcome of a reload (of the config file or of TLS certificates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Success,
+    Failure,
+}
+
+/// All counters of one tidegate process.
+#[derive(Default)]
+pub struct Metrics {
+    versions: Mutex<BTreeMap<(Arc<str>, Arc<str>), Arc<VersionStats>>>,
+    active_connections: AtomicI64,
+    connections_total: AtomicU64,
+    errors: [AtomicU64; ErrorKind::ALL.len()],
+    config_reloads: [AtomicU64; 2],
+    tls_reloads: [AtomicU64; 2],
+}
+
+/// Decrements the active connection gauge when the connection ends.
+pub struct ConnectionGuard(Arc<Metrics>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.active_connections.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Metrics {
+    /// The stats of (route, version), created on first use and kept for the process lifetime
+    /// so that counters stay monotonic across reloads.
+    pub fn version(&self, route: &str, version: &str) -> Arc<VersionStats> {
+        let mut map = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        let (r, v): (Arc<str>, Arc<str>) = (route.into(), version.into());
+        map.entry((r.clone(), v.clone()))
+            .or_insert_with(|| Arc::new(VersionStats::new(r, v)))
+            .clone()
+    }
+
+    pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
+        self.active_connections.fetch_add(1, Relaxed);
+        self.connections_total.fetch_add(1, Relaxed);
+        ConnectionGuard(self.clone())
+    }
+
+    pub fn active_connections(&self) -> i64 {
+        self.active_connections.load(Relaxed)
+    }
+
+    pub fn count_error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn errors(&self, kind: ErrorKind) -> u64 {
+        self.errors[kind as usize].load(Relaxed)
+    }
+
+    pub fn count_config_reload(&self, result: ReloadResult) {
+        self.config_reloads[result as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn count_tls_reload(&self, result: ReloadResult) {
+        self.tls_reloads[result as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Prometheus text exposition of everything counted here.
+    pub fn render(&self, out: &mut String) {
+        let versions: Vec<Arc<VersionStats>> = {
+            let map = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+            map.values().cloned().collect()
+        };
+        let totals: Vec<_> = versions.iter().map(|v| (v, v.totals())).collect();
+
+        header(out, "tidegate_requests_total", "counter", "Responses sent to clients, by route, version and status class.");
+        for (v, t) in &totals {
+            for (i, n) in t.by_class.iter().enumerate() {
+                let _ = writeln!(out, "tidegate_requests_total{{route=\"{}\",version=\"{}\",class=\"{}xx\"}} {n}", esc(&v.route), esc(&v.version), i + 1);
+            }
+        }
+        header(out, "tidegate_request_duration_seconds", "histogram", "Time from receiving a request to relaying the response headers.");
+        for (v, t) in &totals {
+            let labels = format!("route=\"{}\",version=\"{}\"", esc(&v.route), esc(&v.version));
+            let mut cumulative = 0;
+            for (i, n) in t.latency_buckets.iter().enumerate() {
+                cumulative += n;
+                let le = LATENCY_BOUNDS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+                let _ = writeln!(out, "tidegate_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+            }
+            let _ = writeln!(out, "tidegate_request_duration_seconds_sum{{{labels}}} {}", t.latency_sum.as_secs_f64());
+            let _ = writeln!(out, "tidegate_request_duration_seconds_count{{{labels}}} {cumulative}");
+        }
+        header(out, "tidegate_upstream_connect_errors_total", "counter", "Failed TCP connects to upstream endpoints.");
+        for (v, t) in &totals {
+            let _ = writeln!(out, "tidegate_upstream_connect_errors_total{{route=\"{}\",version=\"{}\"}} {}", esc(&v.route), esc(&v.version), t.connect_errors);
+        }
+        header(out, "tidegate_proxy_errors_total", "counter", "Requests tidegate answered itself, by cause.");
+        for kind in ErrorKind::ALL {
+            let _ = writeln!(out, "tidegate_proxy_errors_total{{kind=\"{}\"}} {}", kind.label(), self.errors(kind));
+        }
+        header(out, "tidegate_active_connections", "gauge", "Client connections open now.");
+        let _ = writeln!(out, "tidegate_active_connections {}", self.active_connections());
+        header(out, "tidegate_connections_total", "counter", "Client connections accepted.");
+        let _ = writeln!(out, "tidegate_connections_total {}", self.connections_total.load(Relaxed));
+        header(out, "tidegate_config_reloads_total", "counter", "Config reloads, by result.");
+        for (i, result) in ["success", "failure"].iter().enumerate() {
+            let _ = writeln!(out, "tidegate_config_reloads_total{{result=\"{result}\"}} {}", self.config_reloads[i].load(Relaxed));
+        }
+        header(out, "tidegate_tls_reloads_total", "counter", "TLS certificate reloads, by result.");
+        for (i, result) in ["success", "failure"].iter().enumerate() {
+            let _ = writeln!(out, "tidegate_tls_reloads_total{{result=\"{result}\"}} {}", self.tls_reloads[i].load(Relaxed));
+        }
+    }
+}
+
+/// Writes the HELP and TYPE lines of a metric family.
+pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Escapes a label value for the Prometheus text format.
+pub fn esc(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

@@ -1,0 +1,77 @@
+//! Counters, latency histogram and sliding window of one version of one route.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use super::window::{Window, WindowSnapshot};
+use crate::clock;
+
+/// Prometheus histogram bucket bounds, in seconds.
+pub const LATENCY_BOUNDS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const BOUNDS_MICROS: [u64; 14] = [500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000];
+
+/// Everything tidegate counts about one version of one route. Shared by every route table
+/// that names this (route, version), so counts survive reloads and weight changes.
+pub struct VersionStats {
+    pub route: Arc<str>,
+    pub version: Arc<str>,
+    by_class: [AtomicU64; 5],
+    /// Non-cumulative bucket counts; the last one is +Inf.
+    latency_buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    latency_sum_micros: AtomicU64,
+    connect_errors: AtomicU64,
+    window: Window,
+}
+
+/// A point-in-time copy of the counters, for rendering.
+pub struct VersionTotals {
+    pub by_class: [u64; 5],
+    pub latency_buckets: [u64; LATENCY_BOUNDS.len() + 1],
+    pub latency_sum: Duration,
+    pub connect_errors: u64,
+}
+
+impl VersionStats {
+    pub fn new(route: Arc<str>, version: Arc<str>) -> Self {
+        VersionStats {
+            route,
+            version,
+            by_class: Default::default(),
+            latency_buckets: Default::default(),
+            latency_sum_micros: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            window: Window::default(),
+        }
+    }
+
+    /// Counts one response (from the upstream, or tidegate's own 5xx on its behalf).
+    pub fn record(&self, status: u16, latency: Duration) {
+        let micros = latency.as_micros() as u64;
+        self.by_class[usize::from(status / 100).clamp(1, 5) - 1].fetch_add(1, Relaxed);
+        let b = BOUNDS_MICROS.partition_point(|&bound| bound < micros);
+        self.latency_buckets[b].fetch_add(1, Relaxed);
+        self.latency_sum_micros.fetch_add(micros, Relaxed);
+        self.window.record(clock::now_ms(), status, micros);
+    }
+
+    pub fn record_connect_error(&self) {
+        self.connect_errors.fetch_add(1, Relaxed);
+    }
+
+    /// The last `span` (up to a minute) of this version's traffic.
+    pub fn window(&self, span: Duration) -> WindowSnapshot {
+        self.window.snapshot(clock::now_ms(), span)
+    }
+
+    pub fn totals(&self) -> VersionTotals {
+        VersionTotals {
+            by_class: std::array::from_fn(|i| self.by_class[i].load(Relaxed)),
+            latency_buckets: std::array::from_fn(|i| self.latency_buckets[i].load(Relaxed)),
+            latency_sum: Duration::from_micros(self.latency_sum_micros.load(Relaxed)),
+            connect_errors: self.connect_errors.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The route table: matchers, versions with weights, and the per-request choice of version and endpoint.
+
+mod build;
+mod schedule;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName};
+
+use crate::config::{UpstreamProtocol, WeightBps};
+use crate::health::{Endpoint, PassivePolicy, ProbeTarget};
+use crate::metrics::VersionStats;
+
+pub use schedule::WeightSchedule;
+pub use writer::{RouteError, RouteReader, RouteWriter};
+
+/// An immutable snapshot of all routes. Built off the request path, published as one `Arc`.
+pub struct RouteTable {
+    pub routes: Vec<Arc<Route>>,
+    pub passive: PassivePolicy,
+}
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub matcher: RouteMatcher,
+    pub versions: Vec<Version>,
+    schedule: WeightSchedule,
+    pub sticky: Option<Sticky>,
+    /// A request header that forces a version by name.
+    pub version_header: Option<HeaderName>,
+    pub response_timeout: Duration,
+}
+
+/// One version of a route's service: its share of traffic and where it runs.
+#[derive(Clone)]
+pub struct Version {
+    pub name: Arc<str>,
+    pub weight: WeightBps,
+    pub endpoints: Arc<[Arc<Endpoint>]>,
+    pub protocol: UpstreamProtocol,
+    pub stats: Arc<VersionStats>,
+    pub probe: Option<Arc<ProbeSettings>>,
+}
+
+/// Active health check settings of a version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeSettings {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sticky {
+    pub cookie: String,
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatcher {
+    pub host: Option<HostMatch>,
+    /// Without a trailing slash; empty matches everything.
+    pub path_prefix: String,
+    pub headers: Vec<(HeaderName, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`.
+    Suffix(String),
+}
+
+/// How a version was chosen for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// By weight; a sticky route should pin the client with a cookie.
+    Weighted,
+    /// By the client's sticky cookie.
+    Sticky,
+    /// By the version header.
+    Forced,
+}
+
+impl RouteTable {
+    /// The first route whose matcher holds for this request.
+    #[inline]
+    pub fn find(&self, host: Option<&str>, path: &str, headers: &HeaderMap) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.matcher.matches(host, path, headers))
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| &*r.name == name)
+    }
+
+    /// Every endpoint of every version with an active health check.
+    pub fn probe_targets(&self) -> Vec<ProbeTarget> {
+        let mut out: Vec<ProbeTarget> = Vec::new();
+        for route in &self.routes {
+            for v in &route.versions {
+                let Some(p) = &v.probe else { continue };
+                for e in v.endpoints.iter() {
+                    if out.iter().any(|t| Arc::ptr_eq(&t.endpoint, e)) {
+                        continue;
+                    }
+                    out.push(ProbeTarget {
+                        endpoint: e.clone(),
+                        path: p.path.clone(),
+                        interval: p.interval,
+                        timeout: p.timeout,
+                        healthy_threshold: p.healthy_threshold,
+                        unhealthy_threshold: p.unhealthy_threshold,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Prometheus gauges of the table: weight per version, health per endpoint.
+    pub fn render_metrics(&self, out: &mut String) {
+        use crate::metrics::{esc, header};
+        use std::fmt::Write;
+        let now = crate::clock::now_ms();
+        header(out, "tidegate_route_weight_percent", "gauge", "Share of a route's traffic each version gets now, in percent.");
+        for r in &self.routes {
+            for v in &r.versions {
+                let _ = writeln!(out, "tidegate_route_weight_percent{{route=\"{}\",version=\"{}\"}} {}", esc(&r.name), esc(&v.name), f64::from(v.weight) / 100.0);
+            }
+        }
+        header(out, "tidegate_endpoint_healthy", "gauge", "1 when an endpoint takes traffic, 0 when ejected or failing active checks.");
+        for r in &self.routes {
+            for v in &r.versions {
+                for e in v.endpoints.iter() {
+                    let _ = writeln!(out, "tidegate_endpoint_healthy{{route=\"{}\",version=\"{}\",endpoint=\"{}\"}} {}", esc(&r.name), esc(&v.name), e.addr, u8::from(e.is_healthy(now)));
+                }
+            }
+        }
+    }
+}
+
+impl Route {
+    pub fn new(
+        name: Arc<str>,
+        matcher: RouteMatcher,
+        versions: Vec<Version>,
+        sticky: Option<Sticky>,
+        version_header: Option<HeaderName>,
+        response_timeout: Duration,
+    ) -> Route {
+        let weights: Vec<WeightBps> = versions.iter().map(|v| v.weight).collect();
+        Route {
+            name,
+            matcher,
+            schedule: WeightSchedule::new(&weights),
+            versions,
+            sticky,
+            version_header,
+            response_timeout,
+        }
+    }
+
+    pub fn version_index(&self, name: &str) -> Option<usize> {
+        self.versions.iter().position(|v| &*v.name == name)
+    }
+
+    /// Chooses the version for a request: the version header first, then a sticky cookie
+    /// naming a version that still has weight, then the weighted schedule.
+    #[inline]
+    pub fn choose(&self, headers: &HeaderMap) -> (usize, Choice) {
+        if let Some(h) = &self.version_header
+            && let Some(want) = headers.get(h).and_then(|v| v.to_str().ok())
+            && let Some(i) = self.versions.iter().position(|v| &*v.name == want && !v.endpoints.is_empty())
+        {
+            return (i, Choice::Forced);
+        }
+        if let Some(s) = &self.sticky
+            && let Some(want) = cookie_value(headers, &s.cookie)
+            && let Some(i) = self.versions.iter().position(|v| *v.name == *want && v.weight > 0)
+        {
+            return (i, Choice::Sticky);
+        }
+        (self.schedule.next(), Choice::Weighted)
+    }
+}
+
+impl RouteMatcher {
+    #[inline]
+    pub fn matches(&self, host: Option<&str>, path: &str, headers: &HeaderMap) -> bool {
+        if let Some(want) = &self.host {
+            let Some(host) = host else { return false };
+            let host = strip_port(host);
+            let ok = match want {
+                HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
+                HostMatch::Suffix(s) => {
+                    host.len() > s.len()
+                        && host.is_char_boundary(host.len() - s.len())
+                        && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if !self.path_prefix.is_empty() {
+            let p = &self.path_prefix;
+            if !(path.starts_with(p.as_str())
+                && matches!(path.as_bytes().get(p.len()), None | Some(b'/') | Some(b'?')))
+            {
+                return false;
+            }
+        }
+        self.headers
+            .iter()
+            .all(|(name, value)| headers.get_all(name).iter().any(|v| v.as_bytes() == value.as_bytes()))
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// The value of cookie `name` in the request's Cookie headers.
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v.trim_matches('"'))
+        })
+}
+
+#[cfg(test)]
+mod tests;

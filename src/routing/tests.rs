@@ -1,0 +1,104 @@
+use std::path::Path;
+
+use http::{HeaderMap, HeaderValue};
+
+use super::*;
+use crate::config::Config;
+use crate::health::EndpointRegistry;
+use crate::metrics::Metrics;
+
+const CONFIG: &str = r#"
+listeners: [{name: web, listen: "127.0.0.1:8080"}]
+routes:
+  - name: api
+    match: {host: "*.example.com", path_prefix: /api/, headers: [{name: x-env, value: prod}]}
+    version_header: x-tidegate-version
+    sticky: {cookie: tg}
+    versions:
+      - {name: stable, weight: 90, endpoints: ["127.0.0.1:9001", "127.0.0.1:9002"]}
+      - {name: canary, weight: 10, endpoints: ["127.0.0.1:9003"]}
+  - name: rest
+    versions:
+      - {name: stable, weight: 100, endpoints: ["127.0.0.1:9001"]}
+      - {name: canary, weight: 0, endpoints: []}
+"#;
+
+fn table() -> (RouteWriter, RouteReader) {
+    let config = Config::parse(CONFIG, Path::new("t.yaml")).unwrap();
+    RouteWriter::new(RouteTable::from_config(&config, &EndpointRegistry::default(), &Metrics::default()))
+}
+
+fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(*k, HeaderValue::from_static(v));
+    }
+    h
+}
+
+fn route_for(reader: &RouteReader, host: &str, path: &str, h: &HeaderMap) -> String {
+    reader.load().find(Some(host), path, h).map(|r| r.name.to_string()).unwrap_or_default()
+}
+
+#[test]
+fn matches_host_path_segments_and_headers() {
+    let (_w, r) = table();
+    let prod = headers(&[("x-env", "prod")]);
+    assert_eq!(route_for(&r, "shop.example.com:8080", "/api/cart", &prod), "api");
+    assert_eq!(route_for(&r, "SHOP.Example.com", "/api", &prod), "api");
+    assert_eq!(route_for(&r, "shop.example.com", "/api?x=1", &prod), "api");
+    assert_eq!(route_for(&r, "shop.example.com", "/apix", &prod), "rest", "prefix matches whole segments");
+    assert_eq!(route_for(&r, "example.com", "/api/cart", &prod), "rest", "wildcard needs a subdomain");
+    assert_eq!(route_for(&r, "shop.example.com", "/api/cart", &HeaderMap::new()), "rest");
+}
+
+#[test]
+fn version_header_forces_even_a_version_without_weight() {
+    let (w, r) = table();
+    w.set_weights("api", &[("stable", 10_000), ("canary", 0)]).unwrap();
+    let t = r.load();
+    let api = t.route("api").unwrap();
+    let (i, how) = api.choose(&headers(&[("x-tidegate-version", "canary")]));
+    assert_eq!((&*api.versions[i].name, how), ("canary", Choice::Forced));
+    let (i, how) = api.choose(&headers(&[("x-tidegate-version", "nope")]));
+    assert_eq!((&*api.versions[i].name, how), ("stable", Choice::Weighted));
+}
+
+#[test]
+fn sticky_cookie_holds_only_while_its_version_has_weight() {
+    let (w, r) = table();
+    let cookie = headers(&[("cookie", "a=b; tg=canary")]);
+    let (i, how) = r.load().route("api").unwrap().choose(&cookie);
+    assert_eq!((i, how), (1, Choice::Sticky));
+    w.set_weights("api", &[("stable", 10_000)]).unwrap();
+    let t = r.load();
+    for _ in 0..20 {
+        assert_eq!(t.route("api").unwrap().choose(&cookie), (0, Choice::Weighted));
+    }
+}
+
+#[test]
+fn bad_weight_changes_are_refused_and_change_nothing() {
+    let (w, r) = table();
+    assert_eq!(
+        w.set_weights("api", &[("stable", 5000), ("canary", 4000)]),
+        Err(RouteError::WeightsDoNotAddUp { route: "api".into(), total: "90".into() })
+    );
+    assert!(matches!(w.set_weights("nope", &[]), Err(RouteError::UnknownRoute(_))));
+    assert!(matches!(w.set_weights("api", &[("blue", 10_000)]), Err(RouteError::UnknownVersion { .. })));
+    assert!(matches!(w.set_weights("rest", &[("canary", 10_000)]), Err(RouteError::NoEndpoints { .. })));
+    let t = r.load();
+    assert_eq!(t.route("api").unwrap().versions.iter().map(|v| v.weight).collect::<Vec<_>>(), vec![9000, 1000]);
+}
+
+#[test]
+fn weight_changes_keep_endpoint_state_and_counters() {
+    let (w, r) = table();
+    let before = r.load_full();
+    w.set_weights("api", &[("stable", 5000), ("canary", 5000)]).unwrap();
+    let after = r.load_full();
+    let (a, b) = (&before.route("api").unwrap().versions[1], &after.route("api").unwrap().versions[1]);
+    assert!(Arc::ptr_eq(&a.endpoints[0], &b.endpoints[0]));
+    assert!(Arc::ptr_eq(&a.stats, &b.stats));
+    assert_eq!(b.weight, 5000);
+}
