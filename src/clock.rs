@@ -11,7 +11,9 @@ fn start() -> Instant {
 
 /// Milliseconds since the process started (monotonic).
 pub fn now_ms() -> u64 {
-    Instant::now().saturating_duration_since(start()).as_millis() as u64
+    Instant::now()
+        .saturating_duration_since(start())
+        .as_millis() as u64
 }
 
 /// Milliseconds since process start at `at`.

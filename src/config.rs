@@ -378,18 +378,30 @@ impl Config {
             let at = format!("listeners[{i}]");
             check_name(&l.name, &format!("{at}.name"))?;
             if !names.insert(&l.name) {
-                return Err((format!("{at}.name"), format!("listener `{}` is defined twice", l.name)));
+                return Err((
+                    format!("{at}.name"),
+                    format!("listener `{}` is defined twice", l.name),
+                ));
             }
             if !addrs.insert(l.listen) {
-                return Err((format!("{at}.listen"), format!("{} is used by another listener", l.listen)));
+                return Err((
+                    format!("{at}.listen"),
+                    format!("{} is used by another listener", l.listen),
+                ));
             }
             if l.listen == self.admin.listen {
-                return Err((format!("{at}.listen"), format!("{} is the admin address", l.listen)));
+                return Err((
+                    format!("{at}.listen"),
+                    format!("{} is the admin address", l.listen),
+                ));
             }
             if let Some(tls) = &l.tls
                 && tls.certificates.is_empty()
             {
-                return Err((format!("{at}.tls.certificates"), "at least one certificate is needed".into()));
+                return Err((
+                    format!("{at}.tls.certificates"),
+                    "at least one certificate is needed".into(),
+                ));
             }
         }
         if self.routes.is_empty() {
@@ -400,38 +412,69 @@ impl Config {
             let at = format!("routes[{i}]");
             check_name(&r.name, &format!("{at}.name"))?;
             if !route_names.insert(&r.name) {
-                return Err((format!("{at}.name"), format!("route `{}` is defined twice", r.name)));
+                return Err((
+                    format!("{at}.name"),
+                    format!("route `{}` is defined twice", r.name),
+                ));
             }
             if let Some(p) = &r.matches.path_prefix
                 && !p.starts_with('/')
             {
-                return Err((format!("{at}.match.path_prefix"), format!("`{p}` must start with `/`")));
+                return Err((
+                    format!("{at}.match.path_prefix"),
+                    format!("`{p}` must start with `/`"),
+                ));
             }
             if let Some(h) = &r.matches.host
                 && (h.is_empty() || h.contains('/') || h.contains(' '))
             {
-                return Err((format!("{at}.match.host"), format!("`{h}` is not a host name")));
+                return Err((
+                    format!("{at}.match.host"),
+                    format!("`{h}` is not a host name"),
+                ));
             }
             for (j, h) in r.matches.headers.iter().enumerate() {
                 if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
-                    return Err((format!("{at}.match.headers[{j}].name"), format!("`{}` is not a header name", h.name)));
+                    return Err((
+                        format!("{at}.match.headers[{j}].name"),
+                        format!("`{}` is not a header name", h.name),
+                    ));
                 }
             }
             if let Some(h) = &r.version_header
                 && http::HeaderName::from_bytes(h.as_bytes()).is_err()
             {
-                return Err((format!("{at}.version_header"), format!("`{h}` is not a header name")));
+                return Err((
+                    format!("{at}.version_header"),
+                    format!("`{h}` is not a header name"),
+                ));
             }
             if let Some(s) = &r.sticky
-                && (s.cookie.is_empty() || !s.cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+                && (s.cookie.is_empty()
+                    || !s
+                        .cookie
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
             {
-                return Err((format!("{at}.sticky.cookie"), format!("`{}` is not a cookie name (letters, digits, - and _)", s.cookie)));
+                return Err((
+                    format!("{at}.sticky.cookie"),
+                    format!(
+                        "`{}` is not a cookie name (letters, digits, - and _)",
+                        s.cookie
+                    ),
+                ));
             }
             if r.versions.len() < 2 {
-                return Err((format!("{at}.versions"), "a route needs at least two versions (e.g. stable and canary)".into()));
+                return Err((
+                    format!("{at}.versions"),
+                    "a route needs at least two versions (e.g. stable and canary)".into(),
+                ));
             }
             if r.versions.len() > 250 {
-                return Err((format!("{at}.versions"), "at most 250 versions per route".into()));
+                return Err((
+                    format!("{at}.versions"),
+                    "at most 250 versions per route".into(),
+                ));
             }
             let mut version_names = HashSet::new();
             let mut total: u32 = 0;
@@ -439,20 +482,38 @@ impl Config {
                 let at = format!("{at}.versions[{j}]");
                 check_name(&v.name, &format!("{at}.name"))?;
                 if !version_names.insert(&v.name) {
-                    return Err((format!("{at}.name"), format!("version `{}` is defined twice in route `{}`", v.name, r.name)));
+                    return Err((
+                        format!("{at}.name"),
+                        format!(
+                            "version `{}` is defined twice in route `{}`",
+                            v.name, r.name
+                        ),
+                    ));
                 }
                 if v.endpoints.is_empty() && v.weight > 0 {
-                    return Err((format!("{at}.endpoints"), "a version with weight needs at least one endpoint".into()));
+                    return Err((
+                        format!("{at}.endpoints"),
+                        "a version with weight needs at least one endpoint".into(),
+                    ));
                 }
                 if let Some(hc) = &v.health_check {
                     if !hc.path.starts_with('/') {
-                        return Err((format!("{at}.health_check.path"), format!("`{}` must start with `/`", hc.path)));
+                        return Err((
+                            format!("{at}.health_check.path"),
+                            format!("`{}` must start with `/`", hc.path),
+                        ));
                     }
                     if hc.interval.is_zero() || hc.timeout.is_zero() {
-                        return Err((format!("{at}.health_check"), "interval and timeout must be above zero".into()));
+                        return Err((
+                            format!("{at}.health_check"),
+                            "interval and timeout must be above zero".into(),
+                        ));
                     }
                     if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
-                        return Err((format!("{at}.health_check"), "thresholds must be at least 1".into()));
+                        return Err((
+                            format!("{at}.health_check"),
+                            "thresholds must be at least 1".into(),
+                        ));
                     }
                 }
                 total += u32::from(v.weight);
@@ -460,7 +521,10 @@ impl Config {
             if total != u32::from(FULL_WEIGHT) {
                 return Err((
                     format!("{at}.versions"),
-                    format!("weights add up to {}%, they must add up to 100%", format_percent(total)),
+                    format!(
+                        "weights add up to {}%, they must add up to 100%",
+                        format_percent(total)
+                    ),
                 ));
             }
         }
@@ -468,7 +532,10 @@ impl Config {
             return Err(("limits.max_connections".into(), "must be at least 1".into()));
         }
         if self.limits.max_header_bytes < 8192 {
-            return Err(("limits.max_header_bytes".into(), "must be at least 8192".into()));
+            return Err((
+                "limits.max_header_bytes".into(),
+                "must be at least 8192".into(),
+            ));
         }
         if self.workers == Some(0) {
             return Err(("workers".into(), "must be at least 1".into()));
@@ -491,11 +558,16 @@ pub fn format_percent(bps: u32) -> String {
 fn check_name(name: &str, field: &str) -> Result<(), (String, String)> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     if ok {
         Ok(())
     } else {
-        Err((field.to_string(), format!("`{name}` is not a valid name (1-63 of letters, digits, `-`, `_`, `.`)")))
+        Err((
+            field.to_string(),
+            format!("`{name}` is not a valid name (1-63 of letters, digits, `-`, `_`, `.`)"),
+        ))
     }
 }
 
@@ -520,9 +592,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = t;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
         let (num, tail) = rest.split_at(digits);
-        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_len);
         let n: f64 = num
             .parse()
@@ -532,7 +608,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => n,
             "m" => n * 60.0,
             "h" => n * 3600.0,
-            _ => return Err(format!("`{text}` is not a duration (use e.g. 250ms, 30s, 5m, 1h)")),
+            _ => {
+                return Err(format!(
+                    "`{text}` is not a duration (use e.g. 250ms, 30s, 5m, 1h)"
+                ));
+            }
         };
         total += Duration::from_secs_f64(secs);
         rest = next;
@@ -547,7 +627,9 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     match Option::<String>::deserialize(d)? {
-        Some(s) => parse_duration(&s).map(Some).map_err(serde::de::Error::custom),
+        Some(s) => parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
         None => Ok(None),
     }
 }
@@ -592,7 +674,11 @@ routes:
         let e = Config::parse(&bad, Path::new("t.yaml")).unwrap_err();
         assert_eq!(e.field, "routes[0].versions");
         assert_eq!(e.line, Some(9));
-        assert!(e.to_string().starts_with("t.yaml:9: routes[0].versions: weights add up to 90%"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("t.yaml:9: routes[0].versions: weights add up to 90%"),
+            "{e}"
+        );
     }
 
     #[test]

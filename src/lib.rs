@@ -1,8 +1,13 @@
 //! tidegate: a progressive-delivery proxy and rollout controller.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod health;
 pub mod metrics;
+pub mod proxy;
+pub mod reload;
 pub mod routing;
+pub mod runtime;

@@ -5,7 +5,10 @@ use yaml_rust2::parser::Parser;
 
 enum Frame {
     /// In a mapping: the key whose value comes next (None while reading a key), and its line.
-    Map { key: Option<(String, usize)>, reading_key: bool },
+    Map {
+        key: Option<(String, usize)>,
+        reading_key: bool,
+    },
     /// In a sequence: the index of the next item.
     Seq { next: usize },
 }
@@ -22,7 +25,10 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
         // Where does this node sit? Push its path segment, check it against the target.
         let is_node = matches!(
             event,
-            Event::Scalar(..) | Event::SequenceStart(..) | Event::MappingStart(..) | Event::Alias(_)
+            Event::Scalar(..)
+                | Event::SequenceStart(..)
+                | Event::MappingStart(..)
+                | Event::Alias(_)
         );
         if is_node {
             let mut node_line = line;
@@ -55,7 +61,10 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
                 return Some(node_line);
             }
             match event {
-                Event::MappingStart(..) => stack.push(Frame::Map { key: None, reading_key: true }),
+                Event::MappingStart(..) => stack.push(Frame::Map {
+                    key: None,
+                    reading_key: true,
+                }),
                 Event::SequenceStart(..) => stack.push(Frame::Seq { next: 0 }),
                 _ => {
                     if segment.is_some() {

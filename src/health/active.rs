@@ -32,7 +32,10 @@ impl ActiveChecks {
     /// Starts one probe loop per target on the current tokio runtime. Endpoints keep their
     /// current verdict (new ones start healthy) until the thresholds say otherwise.
     pub fn start(targets: Vec<ProbeTarget>) -> ActiveChecks {
-        let tasks = targets.into_iter().map(|t| tokio::spawn(probe_loop(t))).collect();
+        let tasks = targets
+            .into_iter()
+            .map(|t| tokio::spawn(probe_loop(t)))
+            .collect();
         ActiveChecks { tasks }
     }
 
@@ -88,7 +91,9 @@ async fn probe_loop(t: ProbeTarget) {
 
 /// One GET over a fresh connection; returns the status code.
 async fn probe(t: &ProbeTarget) -> Result<u16, String> {
-    let stream = TcpStream::connect(t.endpoint.addr).await.map_err(|e| format!("connect: {e}"))?;
+    let stream = TcpStream::connect(t.endpoint.addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
@@ -99,7 +104,10 @@ async fn probe(t: &ProbeTarget) -> Result<u16, String> {
         .header(http::header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("request: {e}"))?;
-    let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"));
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"));
     conn.abort();
     Ok(resp?.status().as_u16())
 }

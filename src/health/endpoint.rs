@@ -94,7 +94,10 @@ impl Endpoint {
         }
         self.consecutive_failures.store(0, Relaxed);
         let prior = self.ejections.fetch_add(1, Relaxed).min(20);
-        let ms = policy.ejection_ms.saturating_mul(1 << prior).min(policy.max_ejection_ms);
+        let ms = policy
+            .ejection_ms
+            .saturating_mul(1 << prior)
+            .min(policy.max_ejection_ms);
         self.ejected_until_ms.store(now_ms + ms, Relaxed);
         tracing::warn!(endpoint = %self.addr, failures = n, ejected_for_ms = ms, "endpoint ejected after consecutive failures");
         true

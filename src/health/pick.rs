@@ -31,7 +31,9 @@ mod tests {
     use super::*;
 
     fn endpoints(n: u16) -> Vec<Arc<Endpoint>> {
-        (0..n).map(|i| Arc::new(Endpoint::new(([127, 0, 0, 1], 1000 + i).into()))).collect()
+        (0..n)
+            .map(|i| Arc::new(Endpoint::new(([127, 0, 0, 1], 1000 + i).into())))
+            .collect()
     }
 
     #[test]

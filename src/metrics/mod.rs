@@ -122,43 +122,132 @@ impl Metrics {
         };
         let totals: Vec<_> = versions.iter().map(|v| (v, v.totals())).collect();
 
-        header(out, "tidegate_requests_total", "counter", "Responses sent to clients, by route, version and status class.");
+        header(
+            out,
+            "tidegate_requests_total",
+            "counter",
+            "Responses sent to clients, by route, version and status class.",
+        );
         for (v, t) in &totals {
             for (i, n) in t.by_class.iter().enumerate() {
-                let _ = writeln!(out, "tidegate_requests_total{{route=\"{}\",version=\"{}\",class=\"{}xx\"}} {n}", esc(&v.route), esc(&v.version), i + 1);
+                let _ = writeln!(
+                    out,
+                    "tidegate_requests_total{{route=\"{}\",version=\"{}\",class=\"{}xx\"}} {n}",
+                    esc(&v.route),
+                    esc(&v.version),
+                    i + 1
+                );
             }
         }
-        header(out, "tidegate_request_duration_seconds", "histogram", "Time from receiving a request to relaying the response headers.");
+        header(
+            out,
+            "tidegate_request_duration_seconds",
+            "histogram",
+            "Time from receiving a request to relaying the response headers.",
+        );
         for (v, t) in &totals {
-            let labels = format!("route=\"{}\",version=\"{}\"", esc(&v.route), esc(&v.version));
+            let labels = format!(
+                "route=\"{}\",version=\"{}\"",
+                esc(&v.route),
+                esc(&v.version)
+            );
             let mut cumulative = 0;
             for (i, n) in t.latency_buckets.iter().enumerate() {
                 cumulative += n;
-                let le = LATENCY_BOUNDS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
-                let _ = writeln!(out, "tidegate_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+                let le = LATENCY_BOUNDS
+                    .get(i)
+                    .map_or("+Inf".to_string(), |b| b.to_string());
+                let _ = writeln!(
+                    out,
+                    "tidegate_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                );
             }
-            let _ = writeln!(out, "tidegate_request_duration_seconds_sum{{{labels}}} {}", t.latency_sum.as_secs_f64());
-            let _ = writeln!(out, "tidegate_request_duration_seconds_count{{{labels}}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "tidegate_request_duration_seconds_sum{{{labels}}} {}",
+                t.latency_sum.as_secs_f64()
+            );
+            let _ = writeln!(
+                out,
+                "tidegate_request_duration_seconds_count{{{labels}}} {cumulative}"
+            );
         }
-        header(out, "tidegate_upstream_connect_errors_total", "counter", "Failed TCP connects to upstream endpoints.");
+        header(
+            out,
+            "tidegate_upstream_connect_errors_total",
+            "counter",
+            "Failed TCP connects to upstream endpoints.",
+        );
         for (v, t) in &totals {
-            let _ = writeln!(out, "tidegate_upstream_connect_errors_total{{route=\"{}\",version=\"{}\"}} {}", esc(&v.route), esc(&v.version), t.connect_errors);
+            let _ = writeln!(
+                out,
+                "tidegate_upstream_connect_errors_total{{route=\"{}\",version=\"{}\"}} {}",
+                esc(&v.route),
+                esc(&v.version),
+                t.connect_errors
+            );
         }
-        header(out, "tidegate_proxy_errors_total", "counter", "Requests tidegate answered itself, by cause.");
+        header(
+            out,
+            "tidegate_proxy_errors_total",
+            "counter",
+            "Requests tidegate answered itself, by cause.",
+        );
         for kind in ErrorKind::ALL {
-            let _ = writeln!(out, "tidegate_proxy_errors_total{{kind=\"{}\"}} {}", kind.label(), self.errors(kind));
+            let _ = writeln!(
+                out,
+                "tidegate_proxy_errors_total{{kind=\"{}\"}} {}",
+                kind.label(),
+                self.errors(kind)
+            );
         }
-        header(out, "tidegate_active_connections", "gauge", "Client connections open now.");
-        let _ = writeln!(out, "tidegate_active_connections {}", self.active_connections());
-        header(out, "tidegate_connections_total", "counter", "Client connections accepted.");
-        let _ = writeln!(out, "tidegate_connections_total {}", self.connections_total.load(Relaxed));
-        header(out, "tidegate_config_reloads_total", "counter", "Config reloads, by result.");
+        header(
+            out,
+            "tidegate_active_connections",
+            "gauge",
+            "Client connections open now.",
+        );
+        let _ = writeln!(
+            out,
+            "tidegate_active_connections {}",
+            self.active_connections()
+        );
+        header(
+            out,
+            "tidegate_connections_total",
+            "counter",
+            "Client connections accepted.",
+        );
+        let _ = writeln!(
+            out,
+            "tidegate_connections_total {}",
+            self.connections_total.load(Relaxed)
+        );
+        header(
+            out,
+            "tidegate_config_reloads_total",
+            "counter",
+            "Config reloads, by result.",
+        );
         for (i, result) in ["success", "failure"].iter().enumerate() {
-            let _ = writeln!(out, "tidegate_config_reloads_total{{result=\"{result}\"}} {}", self.config_reloads[i].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "tidegate_config_reloads_total{{result=\"{result}\"}} {}",
+                self.config_reloads[i].load(Relaxed)
+            );
         }
-        header(out, "tidegate_tls_reloads_total", "counter", "TLS certificate reloads, by result.");
+        header(
+            out,
+            "tidegate_tls_reloads_total",
+            "counter",
+            "TLS certificate reloads, by result.",
+        );
         for (i, result) in ["success", "failure"].iter().enumerate() {
-            let _ = writeln!(out, "tidegate_tls_reloads_total{{result=\"{result}\"}} {}", self.tls_reloads[i].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "tidegate_tls_reloads_total{{result=\"{result}\"}} {}",
+                self.tls_reloads[i].load(Relaxed)
+            );
         }
     }
 }
@@ -170,5 +259,8 @@ pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// Escapes a label value for the Prometheus text format.
 pub fn esc(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

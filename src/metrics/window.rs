@@ -64,7 +64,10 @@ impl Window {
         let slot = &self.slots[(second % WINDOW_SECONDS as u64) as usize];
         let seen = slot.second.load(Relaxed);
         if seen != second
-            && slot.second.compare_exchange(seen, second, Relaxed, Relaxed).is_ok()
+            && slot
+                .second
+                .compare_exchange(seen, second, Relaxed, Relaxed)
+                .is_ok()
         {
             for c in &slot.by_class {
                 c.store(0, Relaxed);
@@ -159,13 +162,18 @@ mod tests {
 
     #[test]
     fn buckets_are_ordered_and_cover_their_values() {
-        for micros in [1u64, 3, 5, 100, 999, 1000, 1001, 25_000, 1_000_000, 30_000_000] {
+        for micros in [
+            1u64, 3, 5, 100, 999, 1000, 1001, 25_000, 1_000_000, 30_000_000,
+        ] {
             let b = latency_bucket(micros);
             assert!(bucket_upper_micros(b) >= micros, "{micros} -> {b}");
             if b > 0 {
                 assert!(bucket_upper_micros(b - 1) < micros, "{micros} -> {b}");
             }
-            assert!(bucket_upper_micros(b) as f64 <= micros as f64 * 1.26 + 1.0, "{micros}");
+            assert!(
+                bucket_upper_micros(b) as f64 <= micros as f64 * 1.26 + 1.0,
+                "{micros}"
+            );
         }
     }
 
@@ -197,6 +205,10 @@ mod tests {
         let s = w.snapshot(65_500, Duration::from_secs(60));
         assert_eq!(s.requests(), 1);
         assert_eq!(s.error_rate(), Some(0.0));
-        assert_eq!(w.snapshot(65_500, Duration::from_secs(5)).latency_quantile(0.5), Some(Duration::from_micros(11)));
+        assert_eq!(
+            w.snapshot(65_500, Duration::from_secs(5))
+                .latency_quantile(0.5),
+            Some(Duration::from_micros(11))
+        );
     }
 }

@@ -11,7 +11,11 @@ use crate::metrics::Metrics;
 
 impl RouteTable {
     /// `config` must have passed `Config::parse` validation.
-    pub fn from_config(config: &Config, endpoints: &EndpointRegistry, metrics: &Metrics) -> RouteTable {
+    pub fn from_config(
+        config: &Config,
+        endpoints: &EndpointRegistry,
+        metrics: &Metrics,
+    ) -> RouteTable {
         let p = &config.passive_health;
         RouteTable {
             routes: config
@@ -24,7 +28,12 @@ impl RouteTable {
     }
 }
 
-fn build_route(r: &RouteConfig, config: &Config, endpoints: &EndpointRegistry, metrics: &Metrics) -> Route {
+fn build_route(
+    r: &RouteConfig,
+    config: &Config,
+    endpoints: &EndpointRegistry,
+    metrics: &Metrics,
+) -> Route {
     let name: Arc<str> = r.name.as_str().into();
     let versions = r
         .versions
@@ -62,7 +71,12 @@ fn build_route(r: &RouteConfig, config: &Config, endpoints: &EndpointRegistry, m
             .matches
             .headers
             .iter()
-            .filter_map(|h| Some((HeaderName::from_bytes(h.name.as_bytes()).ok()?, h.value.clone())))
+            .filter_map(|h| {
+                Some((
+                    HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+                    h.value.clone(),
+                ))
+            })
             .collect(),
     };
     Route::new(
@@ -76,6 +90,7 @@ fn build_route(r: &RouteConfig, config: &Config, endpoints: &EndpointRegistry, m
         r.version_header
             .as_ref()
             .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
-        r.upstream_response_timeout.unwrap_or(config.timeouts.upstream_response),
+        r.upstream_response_timeout
+            .unwrap_or(config.timeouts.upstream_response),
     )
 }

@@ -90,7 +90,9 @@ impl RouteTable {
     /// The first route whose matcher holds for this request.
     #[inline]
     pub fn find(&self, host: Option<&str>, path: &str, headers: &HeaderMap) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| r.matcher.matches(host, path, headers))
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(host, path, headers))
     }
 
     pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
@@ -126,17 +128,40 @@ impl RouteTable {
         use crate::metrics::{esc, header};
         use std::fmt::Write;
         let now = crate::clock::now_ms();
-        header(out, "tidegate_route_weight_percent", "gauge", "Share of a route's traffic each version gets now, in percent.");
+        header(
+            out,
+            "tidegate_route_weight_percent",
+            "gauge",
+            "Share of a route's traffic each version gets now, in percent.",
+        );
         for r in &self.routes {
             for v in &r.versions {
-                let _ = writeln!(out, "tidegate_route_weight_percent{{route=\"{}\",version=\"{}\"}} {}", esc(&r.name), esc(&v.name), f64::from(v.weight) / 100.0);
+                let _ = writeln!(
+                    out,
+                    "tidegate_route_weight_percent{{route=\"{}\",version=\"{}\"}} {}",
+                    esc(&r.name),
+                    esc(&v.name),
+                    f64::from(v.weight) / 100.0
+                );
             }
         }
-        header(out, "tidegate_endpoint_healthy", "gauge", "1 when an endpoint takes traffic, 0 when ejected or failing active checks.");
+        header(
+            out,
+            "tidegate_endpoint_healthy",
+            "gauge",
+            "1 when an endpoint takes traffic, 0 when ejected or failing active checks.",
+        );
         for r in &self.routes {
             for v in &r.versions {
                 for e in v.endpoints.iter() {
-                    let _ = writeln!(out, "tidegate_endpoint_healthy{{route=\"{}\",version=\"{}\",endpoint=\"{}\"}} {}", esc(&r.name), esc(&v.name), e.addr, u8::from(e.is_healthy(now)));
+                    let _ = writeln!(
+                        out,
+                        "tidegate_endpoint_healthy{{route=\"{}\",version=\"{}\",endpoint=\"{}\"}} {}",
+                        esc(&r.name),
+                        esc(&v.name),
+                        e.addr,
+                        u8::from(e.is_healthy(now))
+                    );
                 }
             }
         }
@@ -174,13 +199,19 @@ impl Route {
     pub fn choose(&self, headers: &HeaderMap) -> (usize, Choice) {
         if let Some(h) = &self.version_header
             && let Some(want) = headers.get(h).and_then(|v| v.to_str().ok())
-            && let Some(i) = self.versions.iter().position(|v| &*v.name == want && !v.endpoints.is_empty())
+            && let Some(i) = self
+                .versions
+                .iter()
+                .position(|v| &*v.name == want && !v.endpoints.is_empty())
         {
             return (i, Choice::Forced);
         }
         if let Some(s) = &self.sticky
             && let Some(want) = cookie_value(headers, &s.cookie)
-            && let Some(i) = self.versions.iter().position(|v| *v.name == *want && v.weight > 0)
+            && let Some(i) = self
+                .versions
+                .iter()
+                .position(|v| *v.name == *want && v.weight > 0)
         {
             return (i, Choice::Sticky);
         }
@@ -214,9 +245,12 @@ impl RouteMatcher {
                 return false;
             }
         }
-        self.headers
-            .iter()
-            .all(|(name, value)| headers.get_all(name).iter().any(|v| v.as_bytes() == value.as_bytes()))
+        self.headers.iter().all(|(name, value)| {
+            headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.as_bytes() == value.as_bytes())
+        })
     }
 }
 

@@ -16,9 +16,18 @@ pub struct WeightSchedule {
 impl WeightSchedule {
     /// `weights` must add up to 10000 and hold at most 255 entries (checked by the caller).
     pub fn new(weights: &[WeightBps]) -> WeightSchedule {
-        debug_assert_eq!(weights.iter().map(|&w| u32::from(w)).sum::<u32>(), u32::from(FULL_WEIGHT));
-        let g = weights.iter().fold(0u32, |g, &w| gcd(g, u32::from(w))).max(1);
-        let reduced: Vec<i64> = weights.iter().map(|&w| i64::from(u32::from(w) / g)).collect();
+        debug_assert_eq!(
+            weights.iter().map(|&w| u32::from(w)).sum::<u32>(),
+            u32::from(FULL_WEIGHT)
+        );
+        let g = weights
+            .iter()
+            .fold(0u32, |g, &w| gcd(g, u32::from(w)))
+            .max(1);
+        let reduced: Vec<i64> = weights
+            .iter()
+            .map(|&w| i64::from(u32::from(w) / g))
+            .collect();
         let total: i64 = reduced.iter().sum();
         let mut current = vec![0i64; reduced.len()];
         let mut cycle = Vec::with_capacity(total as usize);
@@ -60,7 +69,11 @@ fn gcd(a: u32, b: u32) -> u32 {
 mod tests {
     use super::*;
 
-    fn share_in_every_window(weights: &[WeightBps], window: usize, picks: usize) -> Vec<(usize, usize)> {
+    fn share_in_every_window(
+        weights: &[WeightBps],
+        window: usize,
+        picks: usize,
+    ) -> Vec<(usize, usize)> {
         let s = WeightSchedule::new(weights);
         let seq: Vec<usize> = (0..picks).map(|_| s.next()).collect();
         let mut worst = vec![(usize::MAX, 0usize); weights.len()];
@@ -79,10 +92,20 @@ mod tests {
 
     #[test]
     fn any_ten_thousand_consecutive_picks_are_exact() {
-        for weights in [[9999u16, 1], [8750, 1250], [5000, 5000], [10000, 0], [6667, 3333]] {
+        for weights in [
+            [9999u16, 1],
+            [8750, 1250],
+            [5000, 5000],
+            [10000, 0],
+            [6667, 3333],
+        ] {
             let worst = share_in_every_window(&weights, 10_000, 30_000);
             for (i, &(min, max)) in worst.iter().enumerate() {
-                assert_eq!((min, max), (weights[i] as usize, weights[i] as usize), "{weights:?}");
+                assert_eq!(
+                    (min, max),
+                    (weights[i] as usize, weights[i] as usize),
+                    "{weights:?}"
+                );
             }
         }
     }

@@ -25,7 +25,11 @@ routes:
 
 fn table() -> (RouteWriter, RouteReader) {
     let config = Config::parse(CONFIG, Path::new("t.yaml")).unwrap();
-    RouteWriter::new(RouteTable::from_config(&config, &EndpointRegistry::default(), &Metrics::default()))
+    RouteWriter::new(RouteTable::from_config(
+        &config,
+        &EndpointRegistry::default(),
+        &Metrics::default(),
+    ))
 }
 
 fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -37,25 +41,44 @@ fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
 }
 
 fn route_for(reader: &RouteReader, host: &str, path: &str, h: &HeaderMap) -> String {
-    reader.load().find(Some(host), path, h).map(|r| r.name.to_string()).unwrap_or_default()
+    reader
+        .load()
+        .find(Some(host), path, h)
+        .map(|r| r.name.to_string())
+        .unwrap_or_default()
 }
 
 #[test]
 fn matches_host_path_segments_and_headers() {
     let (_w, r) = table();
     let prod = headers(&[("x-env", "prod")]);
-    assert_eq!(route_for(&r, "shop.example.com:8080", "/api/cart", &prod), "api");
+    assert_eq!(
+        route_for(&r, "shop.example.com:8080", "/api/cart", &prod),
+        "api"
+    );
     assert_eq!(route_for(&r, "SHOP.Example.com", "/api", &prod), "api");
     assert_eq!(route_for(&r, "shop.example.com", "/api?x=1", &prod), "api");
-    assert_eq!(route_for(&r, "shop.example.com", "/apix", &prod), "rest", "prefix matches whole segments");
-    assert_eq!(route_for(&r, "example.com", "/api/cart", &prod), "rest", "wildcard needs a subdomain");
-    assert_eq!(route_for(&r, "shop.example.com", "/api/cart", &HeaderMap::new()), "rest");
+    assert_eq!(
+        route_for(&r, "shop.example.com", "/apix", &prod),
+        "rest",
+        "prefix matches whole segments"
+    );
+    assert_eq!(
+        route_for(&r, "example.com", "/api/cart", &prod),
+        "rest",
+        "wildcard needs a subdomain"
+    );
+    assert_eq!(
+        route_for(&r, "shop.example.com", "/api/cart", &HeaderMap::new()),
+        "rest"
+    );
 }
 
 #[test]
 fn version_header_forces_even_a_version_without_weight() {
     let (w, r) = table();
-    w.set_weights("api", &[("stable", 10_000), ("canary", 0)]).unwrap();
+    w.set_weights("api", &[("stable", 10_000), ("canary", 0)])
+        .unwrap();
     let t = r.load();
     let api = t.route("api").unwrap();
     let (i, how) = api.choose(&headers(&[("x-tidegate-version", "canary")]));
@@ -73,7 +96,10 @@ fn sticky_cookie_holds_only_while_its_version_has_weight() {
     w.set_weights("api", &[("stable", 10_000)]).unwrap();
     let t = r.load();
     for _ in 0..20 {
-        assert_eq!(t.route("api").unwrap().choose(&cookie), (0, Choice::Weighted));
+        assert_eq!(
+            t.route("api").unwrap().choose(&cookie),
+            (0, Choice::Weighted)
+        );
     }
 }
 
@@ -82,22 +108,46 @@ fn bad_weight_changes_are_refused_and_change_nothing() {
     let (w, r) = table();
     assert_eq!(
         w.set_weights("api", &[("stable", 5000), ("canary", 4000)]),
-        Err(RouteError::WeightsDoNotAddUp { route: "api".into(), total: "90".into() })
+        Err(RouteError::WeightsDoNotAddUp {
+            route: "api".into(),
+            total: "90".into()
+        })
     );
-    assert!(matches!(w.set_weights("nope", &[]), Err(RouteError::UnknownRoute(_))));
-    assert!(matches!(w.set_weights("api", &[("blue", 10_000)]), Err(RouteError::UnknownVersion { .. })));
-    assert!(matches!(w.set_weights("rest", &[("canary", 10_000)]), Err(RouteError::NoEndpoints { .. })));
+    assert!(matches!(
+        w.set_weights("nope", &[]),
+        Err(RouteError::UnknownRoute(_))
+    ));
+    assert!(matches!(
+        w.set_weights("api", &[("blue", 10_000)]),
+        Err(RouteError::UnknownVersion { .. })
+    ));
+    assert!(matches!(
+        w.set_weights("rest", &[("canary", 10_000)]),
+        Err(RouteError::NoEndpoints { .. })
+    ));
     let t = r.load();
-    assert_eq!(t.route("api").unwrap().versions.iter().map(|v| v.weight).collect::<Vec<_>>(), vec![9000, 1000]);
+    assert_eq!(
+        t.route("api")
+            .unwrap()
+            .versions
+            .iter()
+            .map(|v| v.weight)
+            .collect::<Vec<_>>(),
+        vec![9000, 1000]
+    );
 }
 
 #[test]
 fn weight_changes_keep_endpoint_state_and_counters() {
     let (w, r) = table();
     let before = r.load_full();
-    w.set_weights("api", &[("stable", 5000), ("canary", 5000)]).unwrap();
+    w.set_weights("api", &[("stable", 5000), ("canary", 5000)])
+        .unwrap();
     let after = r.load_full();
-    let (a, b) = (&before.route("api").unwrap().versions[1], &after.route("api").unwrap().versions[1]);
+    let (a, b) = (
+        &before.route("api").unwrap().versions[1],
+        &after.route("api").unwrap().versions[1],
+    );
     assert!(Arc::ptr_eq(&a.endpoints[0], &b.endpoints[0]));
     assert!(Arc::ptr_eq(&a.stats, &b.stats));
     assert_eq!(b.weight, 5000);

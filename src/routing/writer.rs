@@ -67,7 +67,11 @@ impl RouteWriter {
 
     /// Sets the weights of one route's versions (basis points, all versions named, adding up to
     /// 10000) and publishes the new table; on error nothing changes.
-    pub fn set_weights(&self, route: &str, weights: &[(&str, WeightBps)]) -> Result<(), RouteError> {
+    pub fn set_weights(
+        &self,
+        route: &str,
+        weights: &[(&str, WeightBps)],
+    ) -> Result<(), RouteError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.table.load_full();
         let idx = current

@@ -1,0 +1,364 @@
+//! The data plane: listeners and worker threads, client connections, graceful drain.
+//!
+//! Request phases, in order: accept (connection limit) -> TLS handshake (optional, SNI) ->
+//! HTTP/1.1 or HTTP/2 framing -> header size check -> route match -> version choice
+//! (version header, sticky cookie, weighted schedule) -> endpoint choice (healthy, least
+//! loaded of two) -> header rules -> upstream request (timeout, one retry on connect failure
+//! for bodiless idempotent requests) -> passive health + metrics -> response header rules
+//! -> streamed body, or a tunnel after `101 Switching Protocols`.
+
+mod drain;
+pub mod error;
+pub mod headers;
+mod service;
+pub mod tls;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, watch};
+
+pub use drain::DrainTracker;
+pub use service::{ConnInfo, Worker};
+pub use tls::{CertStore, TlsError};
+pub use upstream::PoolSettings;
+
+use crate::config::Config;
+use crate::metrics::{ErrorKind, Metrics};
+use crate::routing::RouteReader;
+
+/// Response body: the upstream's, streamed, or tidegate's own short one.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Process-level settings of the data plane (a change needs a restart).
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub workers: usize,
+    pub pool: PoolSettings,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl ProxySettings {
+    pub fn from_config(c: &Config) -> ProxySettings {
+        ProxySettings {
+            workers: c
+                .workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            pool: PoolSettings {
+                connect_timeout: c.timeouts.connect,
+                idle_timeout: c.timeouts.upstream_idle,
+                max_idle_per_endpoint: c.limits.max_idle_per_endpoint,
+            },
+            max_connections: c.limits.max_connections,
+            max_header_bytes: c.limits.max_header_bytes,
+            header_read_timeout: c.timeouts.request_header,
+            drain_timeout: c.timeouts.drain,
+        }
+    }
+}
+
+/// A listener bound once per worker (SO_REUSEPORT), so each worker accepts on its own socket.
+pub struct BoundListener {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub tls: Option<Arc<CertStore>>,
+    sockets: Vec<std::net::TcpListener>,
+}
+
+impl BoundListener {
+    /// Binds `addr` `workers` times; port 0 picks a port once and reuses it for every socket.
+    pub fn bind(
+        name: &str,
+        addr: SocketAddr,
+        workers: usize,
+        tls: Option<Arc<CertStore>>,
+    ) -> std::io::Result<BoundListener> {
+        let first = reuseport_socket(addr)?;
+        let addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(reuseport_socket(addr)?);
+        }
+        Ok(BoundListener {
+            name: name.to_string(),
+            addr,
+            tls,
+            sockets,
+        })
+    }
+}
+
+fn reuseport_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// The running data plane.
+pub struct ProxyHandle {
+    shutdown: watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ProxyHandle {
+    /// Stops accepting; connections finish their requests (and tunnels their traffic) up to
+    /// the drain timeout. `wait` returns when every worker is done.
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Blocks until every worker thread has drained and stopped.
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts one worker thread per socket set, each with its own single-threaded runtime.
+pub fn start(
+    listeners: Vec<BoundListener>,
+    settings: ProxySettings,
+    routes: RouteReader,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<ProxyHandle> {
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let limit = Arc::new(Semaphore::new(settings.max_connections));
+    let mut per_worker: Vec<
+        Vec<(
+            String,
+            std::net::TcpListener,
+            Option<tokio_rustls::TlsAcceptor>,
+        )>,
+    > = (0..settings.workers).map(|_| Vec::new()).collect();
+    for l in listeners {
+        let acceptor = match &l.tls {
+            Some(store) => Some(store.acceptor().map_err(std::io::Error::other)?),
+            None => None,
+        };
+        for (i, s) in l.sockets.into_iter().enumerate() {
+            per_worker[i % settings.workers].push((l.name.clone(), s, acceptor.clone()));
+        }
+    }
+    let mut threads = Vec::new();
+    for (i, sockets) in per_worker.into_iter().enumerate() {
+        let ctx = WorkerCtx {
+            settings: settings.clone(),
+            routes: routes.clone(),
+            metrics: metrics.clone(),
+            limit: limit.clone(),
+            shutdown: shutdown_rx.clone(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("tidegate-worker-{i}"))
+                .spawn(move || ctx.run(sockets))?,
+        );
+    }
+    Ok(ProxyHandle { shutdown, threads })
+}
+
+struct WorkerCtx {
+    settings: ProxySettings,
+    routes: RouteReader,
+    metrics: Arc<Metrics>,
+    limit: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// What every connection task of a worker borrows.
+struct ConnCtx {
+    worker: Arc<Worker>,
+    http: auto::Builder<TokioExecutor>,
+    limit: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+    handshake_timeout: Duration,
+}
+
+impl WorkerCtx {
+    fn run(
+        self,
+        sockets: Vec<(
+            String,
+            std::net::TcpListener,
+            Option<tokio_rustls::TlsAcceptor>,
+        )>,
+    ) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start worker runtime");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let drain = DrainTracker::default();
+            let worker = Arc::new(Worker {
+                routes: self.routes,
+                metrics: self.metrics,
+                upstreams: upstream::Upstreams::new(self.settings.pool),
+                max_header_bytes: self.settings.max_header_bytes,
+                drain: drain.clone(),
+            });
+            let mut http = auto::Builder::new(TokioExecutor::new());
+            http.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(self.settings.header_read_timeout)
+                .max_buf_size(self.settings.max_header_bytes + 4096)
+                .keep_alive(true);
+            http.http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size((self.settings.max_header_bytes + 4096) as u32)
+                .max_concurrent_streams(256);
+            let ctx = Arc::new(ConnCtx {
+                worker,
+                http,
+                limit: self.limit,
+                shutdown: self.shutdown.clone(),
+                handshake_timeout: self.settings.header_read_timeout,
+            });
+            for (name, socket, tls) in sockets {
+                match tokio::net::TcpListener::from_std(socket) {
+                    Ok(listener) => {
+                        tokio::spawn(accept_loop(listener, name, tls, ctx.clone()));
+                    }
+                    Err(e) => {
+                        tracing::error!(listener = %name, error = %e, "cannot use listening socket")
+                    }
+                }
+            }
+            let mut shutdown = self.shutdown;
+            let _ = stopped(&mut shutdown).await;
+            drop(ctx);
+            if tokio::time::timeout(self.settings.drain_timeout, drain.wait_idle())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    left = drain.active(),
+                    "drain timeout reached, closing remaining connections"
+                );
+            }
+        });
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    name: String,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    ctx: Arc<ConnCtx>,
+) {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let permit = tokio::select! {
+            p = ctx.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stopped(&mut shutdown) => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_connection(stream, peer, tls, ctx).await;
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    ctx: Arc<ConnCtx>,
+) {
+    let _tracked = ctx.worker.drain.enter();
+    let _open = ctx.worker.metrics.connection_opened();
+    let info = Arc::new(ConnInfo {
+        client_ip: headers::ip_header_value(peer.ip()),
+        tls: tls.is_some(),
+    });
+    match tls {
+        None => serve_http(TokioIo::new(stream), info, &ctx).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => serve_http(TokioIo::new(tls_stream), info, &ctx).await,
+                Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_http<I>(io: I, info: Arc<ConnInfo>, ctx: &ConnCtx)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let worker = ctx.worker.clone();
+    let service = service_fn(move |req| {
+        let worker = worker.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(worker.handle(info, req).await) }
+    });
+    let conn = ctx.http.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut shutdown = ctx.shutdown.clone();
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopped(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result
+        && let Some(e) = e.downcast_ref::<hyper::Error>()
+    {
+        if e.is_parse_too_large() {
+            ctx.worker.metrics.count_error(ErrorKind::HeaderTooLarge);
+        } else if e.is_timeout() {
+            ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
+        } else if e.is_parse() {
+            ctx.worker.metrics.count_error(ErrorKind::BadRequest);
+        }
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+/// Resolves once shutdown has begun.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // The borrow guard `wait_for` returns must not live across an await point.
+    let _ = rx.wait_for(|stop| *stop).await.map(|_| ());
+}

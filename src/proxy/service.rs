@@ -1,0 +1,290 @@
+//! One request through the proxy: match a route, choose version and endpoint, relay, count.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::TokioIo;
+
+use super::ProxyBody;
+use super::drain::DrainTracker;
+use super::error::ProxyError;
+use super::headers;
+use super::upstream::Upstreams;
+use crate::clock;
+use crate::config::UpstreamProtocol;
+use crate::health::{Endpoint, pick_endpoint};
+use crate::metrics::{Metrics, VersionStats};
+use crate::routing::{Choice, RouteReader};
+
+/// What every connection of one worker thread shares.
+pub struct Worker {
+    pub routes: RouteReader,
+    pub metrics: Arc<Metrics>,
+    pub upstreams: Upstreams,
+    pub max_header_bytes: usize,
+    pub drain: DrainTracker,
+}
+
+/// What one client connection knows about itself.
+pub struct ConnInfo {
+    pub client_ip: HeaderValue,
+    pub tls: bool,
+}
+
+/// Everything decided while the route table was loaded; the table guard is gone after this.
+struct Target {
+    endpoint: Arc<Endpoint>,
+    /// The version's endpoints, kept only when a failed connect may be retried elsewhere.
+    retry_pool: Option<Arc<[Arc<Endpoint>]>>,
+    stats: Arc<VersionStats>,
+    protocol: UpstreamProtocol,
+    timeout: Duration,
+    passive: crate::health::PassivePolicy,
+    set_cookie: Option<HeaderValue>,
+}
+
+impl Worker {
+    /// Relays one request; every failure turns into a plain response here and is counted.
+    pub async fn handle(
+        self: Arc<Self>,
+        conn: Arc<ConnInfo>,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let start = Instant::now();
+        match self.relay(&conn, req, start).await {
+            Ok(resp) => resp,
+            Err((err, stats)) => {
+                self.metrics.count_error(err.kind());
+                if let Some(stats) = stats {
+                    stats.record(err.status().as_u16(), start.elapsed());
+                }
+                tracing::debug!(error = %err, "request answered by tidegate");
+                err.into_response()
+            }
+        }
+    }
+
+    async fn relay(
+        &self,
+        conn: &ConnInfo,
+        mut req: Request<Incoming>,
+        start: Instant,
+    ) -> Result<Response<ProxyBody>, (ProxyError, Option<Arc<VersionStats>>)> {
+        if headers::header_bytes(req.headers()) > self.max_header_bytes {
+            return Err((ProxyError::HeaderTooLarge(self.max_header_bytes), None));
+        }
+        let upgrade =
+            req.version() == HttpVersion::HTTP_11 && headers::is_upgrade_request(req.headers());
+        let retryable = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+            && req.body().is_end_stream();
+        let now_ms = clock::ms_at(start);
+        let target = self.target(&req, retryable, now_ms)?;
+        let stats = target.stats.clone();
+        let fail = |e: ProxyError| (e, Some(stats.clone()));
+
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        parts.headers.remove(header::EXPECT);
+        headers::add_forwarding(&mut parts.headers, &conn.client_ip, conn.tls, host.as_ref());
+        let protocol = if upgrade {
+            UpstreamProtocol::Http1
+        } else {
+            target.protocol
+        };
+        match protocol {
+            UpstreamProtocol::Http1 => {
+                parts.version = HttpVersion::HTTP_11;
+                if let Some(h) = &host
+                    && !parts.headers.contains_key(header::HOST)
+                {
+                    parts.headers.insert(header::HOST, h.clone());
+                }
+            }
+            UpstreamProtocol::Http2 => {
+                parts.version = HttpVersion::HTTP_2;
+                parts.headers.remove(header::HOST);
+            }
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let client = self.upstreams.client(protocol);
+        let mut endpoint = target.endpoint.clone();
+        // Only requests that may be retried pay for a copy of their head.
+        let mut retry_parts = target.retry_pool.is_some().then(|| parts.clone());
+        parts.uri = upstream_uri(&endpoint, &path);
+        let mut up_req = Request::from_parts(parts, Either::Left(body));
+        let mut resp = loop {
+            let _in_flight = endpoint.begin();
+            let sent = tokio::time::timeout(target.timeout, client.request(up_req)).await;
+            match sent {
+                Ok(Ok(resp)) => break resp,
+                Err(_) => {
+                    endpoint.record_failure(&target.passive, clock::now_ms());
+                    return Err(fail(ProxyError::UpstreamTimeout(
+                        endpoint.addr.to_string(),
+                        target.timeout,
+                    )));
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    stats.record_connect_error();
+                    endpoint.record_failure(&target.passive, clock::now_ms());
+                    // The request never left: a bodiless idempotent one may go to another endpoint once.
+                    let next = retry_parts
+                        .take()
+                        .zip(target.retry_pool.as_deref())
+                        .and_then(|(parts, pool)| {
+                            let others: Vec<_> = pool
+                                .iter()
+                                .filter(|e| !Arc::ptr_eq(e, &endpoint))
+                                .cloned()
+                                .collect();
+                            pick_endpoint(&others, clock::now_ms())
+                                .cloned()
+                                .map(|next| (parts, next))
+                        });
+                    let Some((mut parts, next)) = next else {
+                        return Err(fail(ProxyError::UpstreamUnreachable(
+                            endpoint.addr.to_string(),
+                        )));
+                    };
+                    tracing::debug!(from = %endpoint.addr, to = %next.addr, "connect failed, retrying on another endpoint");
+                    endpoint = next;
+                    parts.uri = upstream_uri(&endpoint, &path);
+                    up_req = Request::from_parts(parts, Either::Right(Empty::new()));
+                }
+                Ok(Err(e)) => {
+                    endpoint.record_failure(&target.passive, clock::now_ms());
+                    let cause = std::error::Error::source(&e)
+                        .map_or_else(|| e.to_string(), |s| s.to_string());
+                    return Err(fail(ProxyError::UpstreamFailed(
+                        endpoint.addr.to_string(),
+                        cause,
+                    )));
+                }
+            }
+        };
+
+        let status = resp.status();
+        if status.is_server_error() {
+            endpoint.record_failure(&target.passive, clock::now_ms());
+        } else {
+            endpoint.record_success();
+        }
+        stats.record(status.as_u16(), start.elapsed());
+
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_side) = client_upgrade else {
+                return Err(fail(ProxyError::UpstreamFailed(
+                    endpoint.addr.to_string(),
+                    "switched protocols unasked".into(),
+                )));
+            };
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            self.spawn_tunnel(client_side, upstream_side);
+            let (parts, _) = resp.into_parts();
+            return Ok(Response::from_parts(
+                parts,
+                Either::Right(Default::default()),
+            ));
+        }
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        if let Some(cookie) = target.set_cookie {
+            parts.headers.append(header::SET_COOKIE, cookie);
+        }
+        Ok(Response::from_parts(parts, Either::Left(body)))
+    }
+
+    /// Loads the route table once, decides, and lets go of it before any await.
+    fn target(
+        &self,
+        req: &Request<Incoming>,
+        retryable: bool,
+        now_ms: u64,
+    ) -> Result<Target, (ProxyError, Option<Arc<VersionStats>>)> {
+        let table = self.routes.load();
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().host());
+        let route = table
+            .find(host, req.uri().path(), req.headers())
+            .ok_or((ProxyError::NoRoute, None))?;
+        let (index, choice) = route.choose(req.headers());
+        let version = &route.versions[index];
+        let Some(endpoint) = pick_endpoint(&version.endpoints, now_ms) else {
+            return Err((
+                ProxyError::NoHealthyUpstream(version.name.to_string()),
+                Some(version.stats.clone()),
+            ));
+        };
+        let set_cookie = match (&route.sticky, choice) {
+            (Some(sticky), Choice::Weighted) => {
+                let mut c = format!(
+                    "{}={}; Path=/; HttpOnly; SameSite=Lax",
+                    sticky.cookie, version.name
+                );
+                if let Some(age) = sticky.max_age {
+                    c.push_str(&format!("; Max-Age={}", age.as_secs()));
+                }
+                HeaderValue::from_str(&c).ok()
+            }
+            _ => None,
+        };
+        Ok(Target {
+            endpoint: endpoint.clone(),
+            retry_pool: (retryable && version.endpoints.len() > 1)
+                .then(|| version.endpoints.clone()),
+            stats: version.stats.clone(),
+            protocol: version.protocol,
+            timeout: route.response_timeout,
+            passive: table.passive,
+            set_cookie,
+        })
+    }
+
+    /// Copies bytes both ways between the upgraded client and upstream connections until
+    /// either side closes; counted by the drain tracker so shutdown waits for it.
+    fn spawn_tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+        let guard = self.drain.enter();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    return;
+                }
+            };
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        });
+    }
+}
+
+fn upstream_uri(endpoint: &Endpoint, path: &PathAndQuery) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(endpoint.authority.clone());
+    parts.path_and_query = Some(path.clone());
+    Uri::from_parts(parts).unwrap_or_default()
+}

@@ -1,0 +1,164 @@
+//! Wires a proxy process together: config, route writer, data plane, admin listener, reloads, signals.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, ConfigError};
+use crate::health::EndpointRegistry;
+use crate::metrics::Metrics;
+use crate::proxy::{self, BoundListener, CertStore, ProxyHandle, ProxySettings, TlsError};
+use crate::reload::Reloader;
+use crate::routing::{RouteReader, RouteTable, RouteWriter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("listener `{name}`: cannot listen on {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener `{name}`: {source}")]
+    Tls { name: String, source: TlsError },
+    #[error("cannot start worker threads: {0}")]
+    Workers(std::io::Error),
+}
+
+/// A running proxy: data plane workers plus the control tasks around them.
+pub struct ProxyProcess {
+    /// Listener names and the addresses they are bound to (port 0 resolved).
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub admin_addr: SocketAddr,
+    pub writer: Arc<RouteWriter>,
+    pub routes: RouteReader,
+    pub metrics: Arc<Metrics>,
+    pub reloader: Arc<Reloader>,
+    data_plane: ProxyHandle,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ProxyProcess {
+    /// Loads the config and starts everything. Call inside a tokio runtime.
+    pub async fn start(config_path: &Path) -> Result<ProxyProcess, StartError> {
+        let config = Config::load(config_path)?;
+        let settings = ProxySettings::from_config(&config);
+        let metrics = Arc::new(Metrics::default());
+        let endpoints = Arc::new(EndpointRegistry::default());
+        let table = RouteTable::from_config(&config, &endpoints, &metrics);
+        let (writer, routes) = RouteWriter::new(table);
+        let writer = Arc::new(writer);
+
+        let mut bound = Vec::new();
+        let mut certs = Vec::new();
+        for l in &config.listeners {
+            let tls = match &l.tls {
+                Some(t) => {
+                    let store =
+                        CertStore::load(&t.certificates).map_err(|source| StartError::Tls {
+                            name: l.name.clone(),
+                            source,
+                        })?;
+                    certs.push(store.clone());
+                    Some(store)
+                }
+                None => None,
+            };
+            let b = BoundListener::bind(&l.name, l.listen, settings.workers, tls).map_err(
+                |source| StartError::Bind {
+                    name: l.name.clone(),
+                    addr: l.listen,
+                    source,
+                },
+            )?;
+            bound.push(b);
+        }
+        let admin_listener =
+            admin::bind(config.admin.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    name: "admin".into(),
+                    addr: config.admin.listen,
+                    source,
+                })?;
+        let admin_addr = admin_listener.local_addr().map_err(StartError::Workers)?;
+        let listeners = bound.iter().map(|b| (b.name.clone(), b.addr)).collect();
+        let data_plane = proxy::start(bound, settings, routes.clone(), metrics.clone())
+            .map_err(StartError::Workers)?;
+
+        let reloader = Arc::new(Reloader::new(
+            config_path,
+            config,
+            writer.clone(),
+            endpoints,
+            metrics.clone(),
+            certs,
+        ));
+        let tasks = vec![
+            tokio::spawn(admin::serve(
+                admin_listener,
+                AdminState {
+                    routes: routes.clone(),
+                    metrics: metrics.clone(),
+                },
+            )),
+            tokio::spawn(reloader.clone().watch_files(Duration::from_secs(1))),
+        ];
+        Ok(ProxyProcess {
+            listeners,
+            admin_addr,
+            writer,
+            routes,
+            metrics,
+            reloader,
+            data_plane,
+            tasks,
+        })
+    }
+
+    /// The bound address of listener `name`.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Stops accepting, lets in-flight requests and tunnels finish (up to the drain timeout), stops.
+    pub async fn shutdown(self) {
+        self.data_plane.begin_shutdown();
+        let data_plane = self.data_plane;
+        let _ = tokio::task::spawn_blocking(move || data_plane.wait()).await;
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Runs until SIGTERM or SIGINT, reloading on SIGHUP; then drains and returns.
+    pub async fn run_until_signal(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading config");
+                    let _ = self.reloader.reload();
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!("shutting down: no new connections, draining the open ones");
+        self.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
