@@ -383,13 +383,13 @@ impl Config {
                     format!("listener `{}` is defined twice", l.name),
                 ));
             }
-            if !addrs.insert(l.listen) {
+            if l.listen.port() != 0 && !addrs.insert(l.listen) {
                 return Err((
                     format!("{at}.listen"),
                     format!("{} is used by another listener", l.listen),
                 ));
             }
-            if l.listen == self.admin.listen {
+            if l.listen.port() != 0 && l.listen == self.admin.listen {
                 return Err((
                     format!("{at}.listen"),
                     format!("{} is the admin address", l.listen),
