@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -30,8 +30,6 @@ struct CertSet {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: Vec<(String, Arc<CertifiedKey>)>,
     default: Arc<CertifiedKey>,
-    /// Files and their modification times when loaded, to notice changes.
-    stamps: Vec<(PathBuf, Option<SystemTime>)>,
 }
 
 /// The live certificates of one listener. The TLS config holds this resolver, so swapping
@@ -39,6 +37,9 @@ struct CertSet {
 pub struct CertStore {
     set: ArcSwap<CertSet>,
     sources: Vec<CertificateConfig>,
+    /// Modification times of the files at the last load attempt, good or bad, so a broken
+    /// file is reported once, not on every poll.
+    seen: Mutex<Vec<Option<SystemTime>>>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -51,24 +52,23 @@ impl std::fmt::Debug for CertStore {
 
 impl CertStore {
     pub fn load(sources: &[CertificateConfig]) -> Result<Arc<CertStore>, TlsError> {
+        let seen = Mutex::new(stamps(sources));
         let set = load_set(sources)?;
         Ok(Arc::new(CertStore {
             set: ArcSwap::from_pointee(set),
             sources: sources.to_vec(),
+            seen,
         }))
     }
 
     /// True when a certificate or key file changed since it was loaded.
     pub fn changed_on_disk(&self) -> bool {
-        self.set
-            .load()
-            .stamps
-            .iter()
-            .any(|(path, stamp)| modified(path) != *stamp)
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) != stamps(&self.sources)
     }
 
     /// Reads the files again; on error the current certificates stay in use.
     pub fn reload(&self) -> Result<(), TlsError> {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamps(&self.sources);
         let set = load_set(&self.sources)?;
         self.set.store(Arc::new(set));
         Ok(())
@@ -109,8 +109,12 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+fn stamps(sources: &[CertificateConfig]) -> Vec<Option<SystemTime>> {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    sources
+        .iter()
+        .flat_map(|s| [modified(&s.cert), modified(&s.key)])
+        .collect()
 }
 
 fn load_set(sources: &[CertificateConfig]) -> Result<CertSet, TlsError> {
@@ -118,14 +122,11 @@ fn load_set(sources: &[CertificateConfig]) -> Result<CertSet, TlsError> {
     let mut exact = HashMap::new();
     let mut wildcard = Vec::new();
     let mut default = None;
-    let mut stamps = Vec::new();
     for source in sources {
         let file_err = |path: &Path, message: String| TlsError::File {
             path: path.to_path_buf(),
             message,
         };
-        stamps.push((source.cert.clone(), modified(&source.cert)));
-        stamps.push((source.key.clone(), modified(&source.key)));
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&source.cert)
             .map_err(|e| file_err(&source.cert, e.to_string()))?
             .collect::<Result<_, _>>()
@@ -161,6 +162,5 @@ fn load_set(sources: &[CertificateConfig]) -> Result<CertSet, TlsError> {
         exact,
         wildcard,
         default,
-        stamps,
     })
 }
