@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
@@ -14,7 +14,7 @@ use super::ProxyBody;
 use super::drain::DrainTracker;
 use super::error::ProxyError;
 use super::headers;
-use super::upstream::Upstreams;
+use super::upstream::{UpstreamError, Upstreams};
 use crate::clock;
 use crate::config::UpstreamProtocol;
 use crate::health::{Endpoint, pick_endpoint};
@@ -103,7 +103,9 @@ impl Worker {
         } else {
             target.protocol
         };
-        match protocol {
+        // HTTP/1.1 names the endpoint in the URI and keeps the client's Host header; HTTP/2
+        // carries the client's host as :authority and picks the connection by endpoint.
+        let authority = match protocol {
             UpstreamProtocol::Http1 => {
                 parts.version = HttpVersion::HTTP_11;
                 if let Some(h) = &host
@@ -111,26 +113,32 @@ impl Worker {
                 {
                     parts.headers.insert(header::HOST, h.clone());
                 }
+                None
             }
             UpstreamProtocol::Http2 => {
                 parts.version = HttpVersion::HTTP_2;
                 parts.headers.remove(header::HOST);
+                host.as_ref()
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
             }
-        }
+        };
         let path = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let client = self.upstreams.client(protocol);
         let mut endpoint = target.endpoint.clone();
         // Only requests that may be retried pay for a copy of their head.
         let mut retry_parts = target.retry_pool.is_some().then(|| parts.clone());
-        parts.uri = upstream_uri(&endpoint, &path);
+        parts.uri = upstream_uri(&endpoint, authority.as_ref(), &path);
         let mut up_req = Request::from_parts(parts, Either::Left(body));
         let mut resp = loop {
             let _in_flight = endpoint.begin();
-            let sent = tokio::time::timeout(target.timeout, client.request(up_req)).await;
+            let sent = tokio::time::timeout(
+                target.timeout,
+                self.upstreams.send(protocol, endpoint.addr, up_req),
+            )
+            .await;
             match sent {
                 Ok(Ok(resp)) => break resp,
                 Err(_) => {
@@ -140,7 +148,8 @@ impl Worker {
                         target.timeout,
                     )));
                 }
-                Ok(Err(e)) if e.is_connect() => {
+                Ok(Err(UpstreamError::Connect(cause))) => {
+                    tracing::debug!(endpoint = %endpoint.addr, %cause, "upstream connect failed");
                     stats.record_connect_error();
                     endpoint.record_failure(&target.passive, clock::now_ms());
                     // The request never left: a bodiless idempotent one may go to another endpoint once.
@@ -164,13 +173,11 @@ impl Worker {
                     };
                     tracing::debug!(from = %endpoint.addr, to = %next.addr, "connect failed, retrying on another endpoint");
                     endpoint = next;
-                    parts.uri = upstream_uri(&endpoint, &path);
+                    parts.uri = upstream_uri(&endpoint, authority.as_ref(), &path);
                     up_req = Request::from_parts(parts, Either::Right(Empty::new()));
                 }
-                Ok(Err(e)) => {
+                Ok(Err(UpstreamError::Failed(cause))) => {
                     endpoint.record_failure(&target.passive, clock::now_ms());
-                    let cause = std::error::Error::source(&e)
-                        .map_or_else(|| e.to_string(), |s| s.to_string());
                     return Err(fail(ProxyError::UpstreamFailed(
                         endpoint.addr.to_string(),
                         cause,
@@ -281,10 +288,10 @@ impl Worker {
     }
 }
 
-fn upstream_uri(endpoint: &Endpoint, path: &PathAndQuery) -> Uri {
+fn upstream_uri(endpoint: &Endpoint, authority: Option<&Authority>, path: &PathAndQuery) -> Uri {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(endpoint.authority.clone());
+    parts.authority = Some(authority.unwrap_or(&endpoint.authority).clone());
     parts.path_and_query = Some(path.clone());
     Uri::from_parts(parts).unwrap_or_default()
 }
