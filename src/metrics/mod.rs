@@ -57,10 +57,13 @@ pub enum ReloadResult {
     Failure,
 }
 
+/// (route, version)
+type VersionKey = (Arc<str>, Arc<str>);
+
 /// All counters of one tidegate process.
 #[derive(Default)]
 pub struct Metrics {
-    versions: Mutex<BTreeMap<(Arc<str>, Arc<str>), Arc<VersionStats>>>,
+    versions: Mutex<BTreeMap<VersionKey, Arc<VersionStats>>>,
     active_connections: AtomicI64,
     connections_total: AtomicU64,
     errors: [AtomicU64; ErrorKind::ALL.len()],
