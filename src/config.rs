@@ -351,9 +351,20 @@ impl Config {
                 Some(i) => rest[..i].to_string(),
                 None => rest,
             };
+            // Values our own parsers reject (durations, weights) are reported at the enclosing
+            // mapping; the message quotes the value in backticks, so find the exact field.
+            let quoted = rest
+                .split('`')
+                .nth(1)
+                .filter(|_| rest.matches('`').count() >= 2);
+            let exact = quoted.and_then(|value| locate::child_with_value(text, &field, value));
+            let (field, line) = match exact {
+                Some((field, line)) => (field, Some(line)),
+                None => (field, e.location().map(|l| l.line())),
+            };
             ConfigError {
                 file: file.to_path_buf(),
-                line: e.location().map(|l| l.line()),
+                line,
                 field,
                 message: rest,
             }
@@ -574,11 +585,11 @@ fn check_name(name: &str, field: &str) -> Result<(), (String, String)> {
 /// Parses a percent with up to two decimals into basis points.
 pub fn parse_weight(value: f64) -> Result<WeightBps, String> {
     if !(0.0..=100.0).contains(&value) {
-        return Err(format!("weight {value} is outside 0..100"));
+        return Err(format!("weight `{value}` is outside 0..100"));
     }
     let bps = value * 100.0;
     if (bps - bps.round()).abs() > 1e-6 {
-        return Err(format!("weight {value} has more than two decimals"));
+        return Err(format!("weight `{value}` has more than two decimals"));
     }
     Ok(bps.round() as WeightBps)
 }
@@ -685,8 +696,8 @@ routes:
     fn three_decimals_are_rejected_with_the_line() {
         let bad = GOOD.replace("weight: 12.5", "weight: 12.505");
         let e = Config::parse(&bad, Path::new("t.yaml")).unwrap_err();
-        assert_eq!(e.line, Some(13), "{e}");
-        assert_eq!(e.field, "routes[0].versions[1]");
+        assert_eq!(e.line, Some(14), "{e}");
+        assert_eq!(e.field, "routes[0].versions[1].weight");
         assert!(e.message.contains("more than two decimals"), "{e}");
     }
 
@@ -697,6 +708,21 @@ routes:
         assert_eq!(e.line, Some(8), "{e}");
         assert!(e.field.contains("routes[0].match"), "{e}");
         assert!(e.message.contains("unknown field `path_prefx`"), "{e}");
+    }
+
+    #[test]
+    fn bad_durations_name_their_own_line_and_field() {
+        let bad = GOOD.replace(
+            "listeners:",
+            "timeouts:\n  connect: 2s\n  drain: 10 parsecs\nlisteners:",
+        );
+        let e = Config::parse(&bad, Path::new("t.yaml")).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(4), "timeouts.drain"),
+            "{e}"
+        );
+        assert!(e.message.contains("`10 parsecs` is not a duration"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tidegate::config::{Config, LogFormat};
-use tidegate::runtime::ProxyProcess;
+use tidegate::runtime::{ProxyProcess, Signals};
 
 #[derive(Parser)]
 #[command(
@@ -78,12 +78,13 @@ fn main() -> ExitCode {
             };
             init_logging(format);
             run_async(async move {
+                let signals = Signals::install()?;
                 let process = ProxyProcess::start(&config).await?;
                 for (name, addr) in &process.listeners {
                     tracing::info!(listener = %name, %addr, "listening");
                 }
                 tracing::info!(addr = %process.admin_addr, "admin listening (/metrics, /routes, /healthz)");
-                process.run_until_signal().await?;
+                process.run_until_signal(signals).await;
                 Ok(())
             })
         }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
@@ -141,24 +142,38 @@ impl ProxyProcess {
     }
 
     /// Runs until SIGTERM or SIGINT, reloading on SIGHUP; then drains and returns.
-    pub async fn run_until_signal(self) -> std::io::Result<()> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = signal(SignalKind::hangup())?;
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+    pub async fn run_until_signal(self, mut signals: Signals) {
         loop {
             tokio::select! {
-                _ = hup.recv() => {
+                _ = signals.hup.recv() => {
                     tracing::info!("SIGHUP: reloading config");
                     let _ = self.reloader.reload();
                 }
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                _ = signals.term.recv() => break,
+                _ = signals.int.recv() => break,
             }
         }
         tracing::info!("shutting down: no new connections, draining the open ones");
         self.shutdown().await;
         tracing::info!("stopped");
-        Ok(())
+    }
+}
+
+/// The signals a proxy process answers to. Installed before startup, so a signal that
+/// arrives while the process starts is acted on once it runs instead of killing it.
+pub struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    /// Call inside a tokio runtime.
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
 }

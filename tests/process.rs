@@ -201,13 +201,11 @@ fn validate_names_file_line_and_field_of_bad_weights() {
     expect_rejected(
         &proxy_config(any, loopback(2), any, any, "10.005", "89.995"),
         "name: stable",
-        "routes[0].versions[0]: weight 89.995 has more than two decimals",
+        "routes[0].versions[0].weight: weight `89.995` has more than two decimals",
     );
 }
 
 #[test]
-#[ignore = "config.rs: a bad value parsed by a `deserialize_with` helper (durations) is \
-            reported with the parent field and the parent's first line"]
 fn validate_names_the_line_and_field_of_a_bad_duration() {
     let any = loopback(1);
     let yaml = proxy_config(any, loopback(2), any, any, "0", "100").replace(
