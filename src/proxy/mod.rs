@@ -17,6 +17,7 @@ pub mod upstream;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -191,7 +192,8 @@ struct ConnCtx {
     http: auto::Builder<TokioExecutor>,
     limit: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
-    handshake_timeout: Duration,
+    /// The TLS handshake, and then the first request head, must each arrive within this.
+    header_timeout: Duration,
 }
 
 impl WorkerCtx {
@@ -237,7 +239,7 @@ impl WorkerCtx {
                 http,
                 limit: self.limit,
                 shutdown: self.shutdown.clone(),
-                handshake_timeout: self.settings.header_read_timeout,
+                header_timeout: self.settings.header_read_timeout,
             });
             for (name, socket, tls) in sockets {
                 match tokio::net::TcpListener::from_std(socket) {
@@ -273,10 +275,6 @@ async fn accept_loop(
 ) {
     let mut shutdown = ctx.shutdown.clone();
     loop {
-        let permit = tokio::select! {
-            p = ctx.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stopped(&mut shutdown) => return,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => pair,
@@ -287,6 +285,14 @@ async fn accept_loop(
                     continue;
                 }
             },
+            _ = stopped(&mut shutdown) => return,
+        };
+        // The slot is taken after accept, not before: every worker has its own socket, and a
+        // slot held by a worker waiting on a quiet socket would leave a connection queued on
+        // another worker's socket unserved below the limit. At the limit this connection
+        // waits here unserved (at most one per worker); the rest stay in the accept queue.
+        let permit = tokio::select! {
+            p = ctx.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = stopped(&mut shutdown) => return,
         };
         let _ = stream.set_nodelay(true);
@@ -314,7 +320,7 @@ async fn serve_connection(
     match tls {
         None => serve_http(TokioIo::new(stream), info, &ctx).await,
         Some(acceptor) => {
-            match tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(stream)).await {
+            match tokio::time::timeout(ctx.header_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => serve_http(TokioIo::new(tls_stream), info, &ctx).await,
                 Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
@@ -328,7 +334,10 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let worker = ctx.worker.clone();
+    let got_request = Arc::new(AtomicBool::new(false));
+    let seen = got_request.clone();
     let service = service_fn(move |req| {
+        seen.store(true, Ordering::Relaxed);
         let worker = worker.clone();
         let info = info.clone();
         async move { Ok::<_, Infallible>(worker.handle(info, req).await) }
@@ -336,11 +345,28 @@ where
     let conn = ctx.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut shutdown = ctx.shutdown.clone();
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stopped(&mut shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    // hyper's header read timeout starts only once HTTP/1.1 has been told apart from HTTP/2,
+    // which needs the first bytes: a client that sends nothing, part of the HTTP/2 preface, or
+    // a preface and no request would hold its connection slot forever. So the first request
+    // must also arrive within the header timeout.
+    let first_request = tokio::time::sleep(ctx.header_timeout);
+    tokio::pin!(first_request);
+    let mut awaiting_first = true;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = first_request.as_mut(), if awaiting_first => {
+                awaiting_first = false;
+                if !got_request.load(Ordering::Relaxed) {
+                    ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
+                    tracing::debug!("no request within the header timeout, closing");
+                    return;
+                }
+            }
+            _ = stopped(&mut shutdown) => {
+                conn.as_mut().graceful_shutdown();
+                break conn.as_mut().await;
+            }
         }
     };
     if let Err(e) = result
@@ -349,7 +375,12 @@ where
         if e.is_parse_too_large() {
             ctx.worker.metrics.count_error(ErrorKind::HeaderTooLarge);
         } else if e.is_timeout() {
-            ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
+            // hyper's header timer also runs while a keep-alive connection sits idle between
+            // requests, and closing an idle connection is no error. Only a connection whose
+            // first request head never completed is counted (a slow later head is not).
+            if !got_request.load(Ordering::Relaxed) {
+                ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
+            }
         } else if e.is_parse() {
             ctx.worker.metrics.count_error(ErrorKind::BadRequest);
         }
