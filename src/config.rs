@@ -631,6 +631,70 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Formats a duration the way configs write it: `250ms`, `30s`, `5m`, `1h30m`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let (h, m, s) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    out
+}
+
+/// `#[serde(with = "serde_duration")]`: durations as human strings.
+pub mod serde_duration {
+    use super::*;
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        de_duration(d)
+    }
+}
+
+/// `#[serde(with = "serde_opt_duration")]`: optional durations as human strings.
+pub mod serde_opt_duration {
+    use super::*;
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        de_opt_duration(d)
+    }
+}
+
+/// `#[serde(with = "serde_weight")]`: percent with two decimals outside, basis points inside.
+pub mod serde_weight {
+    use super::*;
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(w: &WeightBps, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(f64::from(*w) / 100.0)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<WeightBps, D::Error> {
+        de_weight(d)
+    }
+}
+
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod analysis;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -9,5 +10,6 @@ pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod rollout;
 pub mod routing;
 pub mod runtime;

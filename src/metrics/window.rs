@@ -30,10 +30,24 @@ pub fn bucket_upper_micros(i: usize) -> u64 {
     ((5 + sub) << (octave - 2)) - 1
 }
 
+/// Client and server error codes counted one by one (400-431 and 500-511); other codes
+/// are counted by class only.
+const DETAIL_CODES: usize = 44;
+
+/// Index of `status` among the codes counted one by one.
+pub fn detail_index(status: u16) -> Option<usize> {
+    match status {
+        400..=431 => Some(usize::from(status - 400)),
+        500..=511 => Some(32 + usize::from(status - 500)),
+        _ => None,
+    }
+}
+
 struct Slot {
     /// The second (since process start) this slot currently counts.
     second: AtomicU64,
     by_class: [AtomicU64; 5],
+    by_code: [AtomicU64; DETAIL_CODES],
     latency: [AtomicU64; LATENCY_BUCKETS],
 }
 
@@ -50,6 +64,7 @@ impl Default for Window {
             .map(|_| Slot {
                 second: AtomicU64::new(u64::MAX),
                 by_class: Default::default(),
+                by_code: std::array::from_fn(|_| AtomicU64::new(0)),
                 latency: std::array::from_fn(|_| AtomicU64::new(0)),
             })
             .collect();
@@ -69,7 +84,7 @@ impl Window {
                 .compare_exchange(seen, second, Relaxed, Relaxed)
                 .is_ok()
         {
-            for c in &slot.by_class {
+            for c in slot.by_class.iter().chain(&slot.by_code) {
                 c.store(0, Relaxed);
             }
             for b in &slot.latency {
@@ -77,6 +92,9 @@ impl Window {
             }
         }
         slot.by_class[class_index(status)].fetch_add(1, Relaxed);
+        if let Some(i) = detail_index(status) {
+            slot.by_code[i].fetch_add(1, Relaxed);
+        }
         slot.latency[latency_bucket(latency_micros)].fetch_add(1, Relaxed);
     }
 
@@ -88,6 +106,7 @@ impl Window {
         let mut snap = WindowSnapshot {
             span: Duration::from_secs(seconds as u64),
             by_class: [0; 5],
+            by_code: [0; DETAIL_CODES],
             latency: vec![0; LATENCY_BUCKETS],
         };
         for slot in self.slots.iter() {
@@ -96,6 +115,9 @@ impl Window {
                 continue;
             }
             for (acc, c) in snap.by_class.iter_mut().zip(&slot.by_class) {
+                *acc += c.load(Relaxed);
+            }
+            for (acc, c) in snap.by_code.iter_mut().zip(&slot.by_code) {
                 *acc += c.load(Relaxed);
             }
             for (acc, b) in snap.latency.iter_mut().zip(&slot.latency) {
@@ -116,6 +138,7 @@ pub struct WindowSnapshot {
     pub span: Duration,
     /// Responses by status class: index 0 is 1xx, 4 is 5xx.
     pub by_class: [u64; 5],
+    by_code: [u64; DETAIL_CODES],
     latency: Vec<u64>,
 }
 
@@ -126,6 +149,11 @@ impl WindowSnapshot {
 
     pub fn server_errors(&self) -> u64 {
         self.by_class[4]
+    }
+
+    /// Responses with status `code` (one of the codes counted one by one: 400-431, 500-511).
+    pub fn with_code(&self, code: u16) -> u64 {
+        detail_index(code).map_or(0, |i| self.by_code[i])
     }
 
     /// Share of 5xx responses, None with no requests.

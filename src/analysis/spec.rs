@@ -1,0 +1,253 @@
+//! What an analysis measures: metrics, their providers, conditions and limits (the YAML schema).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::condition::Condition;
+use crate::config::serde_duration;
+
+/// A set of metrics judged together: a step analysis or the background analysis.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AnalysisSpec {
+    pub metrics: Vec<MetricSpec>,
+}
+
+/// Analysis that runs through the whole rollout, from `startingStep` on.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BackgroundAnalysis {
+    /// Index of the step from which the background analysis runs (0 = from the start).
+    #[serde(default)]
+    pub starting_step: usize,
+    pub metrics: Vec<MetricSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricSpec {
+    pub name: String,
+    // A one-key map (`builtin: {...}`), not a YAML tag.
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    pub provider: ProviderSpec,
+    /// Time between measurements.
+    #[serde(default = "default_interval", with = "serde_duration")]
+    pub interval: Duration,
+    /// Measurements to take; a step analysis completes after this many (default 1). The
+    /// background analysis ignores it and measures until the rollout ends.
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// e.g. `result < 0.01`. When it does not hold, the measurement fails.
+    #[serde(default)]
+    pub success_condition: Option<Condition>,
+    /// e.g. `result >= 0.05`. When it holds, the measurement fails.
+    #[serde(default)]
+    pub failure_condition: Option<Condition>,
+    /// Failed measurements tolerated; one more fails the metric.
+    #[serde(default)]
+    pub failure_limit: u32,
+    /// Inconclusive measurements tolerated; one more makes the metric inconclusive.
+    #[serde(default)]
+    pub inconclusive_limit: u32,
+    /// Provider errors in a row tolerated; one more makes the metric inconclusive.
+    #[serde(default = "default_error_limit")]
+    pub consecutive_error_limit: u32,
+    /// Builtin provider: fewer requests than this in the window is inconclusive (no data).
+    #[serde(default)]
+    pub min_requests: Option<u64>,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_error_limit() -> u32 {
+    4
+}
+
+/// Where a metric's value comes from. Written as a one-key map: `provider: {builtin: {...}}`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub enum ProviderSpec {
+    Builtin(BuiltinMetric),
+    Prometheus(PrometheusMetric),
+    Http(HttpMetric),
+    /// The proxy's active health checks of the canary's endpoints: the share of healthy ones.
+    Healthcheck(HealthcheckMetric),
+}
+
+/// The proxy's own per-version sliding windows.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BuiltinMetric {
+    pub metric: BuiltinKind,
+    /// For `latency`: the quantile, e.g. 0.99.
+    #[serde(default)]
+    pub quantile: Option<f64>,
+    /// How far back the window looks (1s..60s).
+    #[serde(default = "default_window", with = "serde_duration")]
+    pub window: Duration,
+    /// For `errorRate`: status codes or classes that count as errors (`5xx`, `429`).
+    /// Default: 5xx.
+    #[serde(default)]
+    pub codes: Vec<String>,
+    /// Judge the canary against this version over the same window: the result becomes
+    /// canary minus stable for `errorRate`, canary divided by stable for `latency` and
+    /// `requestRate`.
+    #[serde(default)]
+    pub compare: Option<CompareWith>,
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum BuiltinKind {
+    /// Share of responses that are errors (0..1).
+    ErrorRate,
+    /// A latency quantile, in seconds.
+    Latency,
+    /// Requests per second.
+    RequestRate,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum CompareWith {
+    Stable,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PrometheusMetric {
+    /// Base URL of the Prometheus server, e.g. `http://127.0.0.1:9090`.
+    pub address: String,
+    /// PromQL; `{{route}}`, `{{version}}`, `{{canary}}`, `{{stable}}`, `{{namespace}}` are filled in.
+    pub query: String,
+    #[serde(default = "default_timeout", with = "serde_duration")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub bearer_token_file: Option<String>,
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BasicAuth {
+    pub username: String,
+    /// A file holding the password (kept out of the config).
+    pub password_file: String,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A webhook: 2xx passes; with `jsonPath` the named field becomes the result.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpMetric {
+    pub url: String,
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// JSON body for POST; the same variables as PromQL queries are filled in.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    /// Dotted path to a number or boolean in the JSON response, e.g. `data.errorRate`.
+    #[serde(default)]
+    pub json_path: Option<String>,
+    #[serde(default = "default_timeout", with = "serde_duration")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    #[default]
+    Get,
+    Post,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealthcheckMetric {}
+
+impl MetricSpec {
+    /// Checks what serde cannot; returns a field path relative to the metric and what is wrong.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.name.is_empty() {
+            return Err(("name".into(), "a metric needs a name".into()));
+        }
+        if self.interval.is_zero() {
+            return Err(("interval".into(), "must be above zero".into()));
+        }
+        if self.count == Some(0) {
+            return Err(("count".into(), "must be at least 1".into()));
+        }
+        match &self.provider {
+            ProviderSpec::Builtin(b) => {
+                if !(1..=60).contains(&b.window.as_secs()) {
+                    return Err((
+                        "provider.builtin.window".into(),
+                        "must be between 1s and 60s".into(),
+                    ));
+                }
+                match (b.metric, b.quantile) {
+                    (BuiltinKind::Latency, None) => {
+                        return Err((
+                            "provider.builtin.quantile".into(),
+                            "latency needs a quantile, e.g. 0.99".into(),
+                        ));
+                    }
+                    (_, Some(q)) if !(0.0..=1.0).contains(&q) || q == 0.0 => {
+                        return Err((
+                            "provider.builtin.quantile".into(),
+                            format!("`{q}` is not in (0, 1]"),
+                        ));
+                    }
+                    _ => {}
+                }
+                for code in &b.codes {
+                    if super::builtin::parse_code(code).is_none() {
+                        return Err((
+                            "provider.builtin.codes".into(),
+                            format!(
+                                "`{code}` is not a status class like 5xx or a code in 400-431, 500-511"
+                            ),
+                        ));
+                    }
+                }
+            }
+            ProviderSpec::Prometheus(p) => {
+                if !(p.address.starts_with("http://") || p.address.starts_with("https://")) {
+                    return Err((
+                        "provider.prometheus.address".into(),
+                        format!("`{}` is not an http(s) URL", p.address),
+                    ));
+                }
+                if p.query.trim().is_empty() {
+                    return Err(("provider.prometheus.query".into(), "empty query".into()));
+                }
+            }
+            ProviderSpec::Http(h) => {
+                if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                    return Err((
+                        "provider.http.url".into(),
+                        format!("`{}` is not an http(s) URL", h.url),
+                    ));
+                }
+            }
+            ProviderSpec::Healthcheck(_) => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,270 @@
+//! Judging measurements against conditions and limits: Pass, Fail or Inconclusive, never a silent pass.
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::MetricSpec;
+
+/// What a provider returned for one measurement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reading {
+    Value(f64),
+    /// The provider answered but had nothing to judge (empty result, too few requests).
+    NoData(String),
+    /// The provider could not be asked (unreachable, timeout, bad answer).
+    Error(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    Successful,
+    Failed,
+    Inconclusive,
+    Error,
+}
+
+/// One judged measurement, kept in the rollout status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Measurement {
+    /// Unix milliseconds.
+    pub at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    pub outcome: Outcome,
+    pub message: String,
+}
+
+/// The state of a metric over its measurements so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "phase", content = "reason")]
+pub enum Verdict {
+    Running,
+    Pass,
+    Fail(String),
+    Inconclusive(String),
+}
+
+/// Judges one reading against the metric's conditions.
+pub fn judge(metric: &MetricSpec, reading: Reading, at: u64) -> Measurement {
+    match reading {
+        Reading::Value(v) if !v.is_finite() => Measurement {
+            at,
+            value: None,
+            outcome: Outcome::Inconclusive,
+            message: format!("result is {v}, not a number to judge"),
+        },
+        Reading::Value(v) => {
+            let (outcome, message) = match (&metric.failure_condition, &metric.success_condition) {
+                (Some(f), _) if f.holds(v) => (
+                    Outcome::Failed,
+                    format!("result {} meets failure condition `{f}`", show(v)),
+                ),
+                (_, Some(s)) if !s.holds(v) => (
+                    Outcome::Failed,
+                    format!("result {} does not meet success condition `{s}`", show(v)),
+                ),
+                (_, Some(s)) => (
+                    Outcome::Successful,
+                    format!("result {} meets `{s}`", show(v)),
+                ),
+                (Some(f), None) => (
+                    Outcome::Successful,
+                    format!("result {} is clear of `{f}`", show(v)),
+                ),
+                (None, None) => (Outcome::Successful, format!("result {}", show(v))),
+            };
+            Measurement {
+                at,
+                value: Some(v),
+                outcome,
+                message,
+            }
+        }
+        Reading::NoData(why) => Measurement {
+            at,
+            value: None,
+            outcome: Outcome::Inconclusive,
+            message: format!("no data: {why}"),
+        },
+        Reading::Error(why) => Measurement {
+            at,
+            value: None,
+            outcome: Outcome::Error,
+            message: format!("provider error: {why}"),
+        },
+    }
+}
+
+/// Figures like 0.0123 or 153.2 with no float noise.
+pub fn show(v: f64) -> String {
+    let s = format!("{v:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() || s == "-" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// Counts of a metric's measurements, kept in the rollout status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricTally {
+    pub successes: u32,
+    pub failures: u32,
+    pub inconclusives: u32,
+    pub errors: u32,
+    pub consecutive_errors: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<Measurement>,
+}
+
+impl MetricTally {
+    pub fn add(&mut self, m: Measurement) {
+        match m.outcome {
+            Outcome::Successful => self.successes += 1,
+            Outcome::Failed => self.failures += 1,
+            Outcome::Inconclusive => self.inconclusives += 1,
+            Outcome::Error => self.errors += 1,
+        }
+        if m.outcome == Outcome::Error {
+            self.consecutive_errors += 1;
+        } else {
+            self.consecutive_errors = 0;
+        }
+        self.last = Some(m);
+    }
+
+    /// Measurements that produced a judgement (errors excluded).
+    pub fn judged(&self) -> u32 {
+        self.successes + self.failures + self.inconclusives
+    }
+
+    /// The metric's verdict. `count` is None for a background metric (it never passes by count).
+    pub fn verdict(&self, metric: &MetricSpec, count: Option<u32>) -> Verdict {
+        let last = self
+            .last
+            .as_ref()
+            .map_or(String::new(), |m| m.message.clone());
+        if self.failures > metric.failure_limit {
+            return Verdict::Fail(format!(
+                "metric `{}`: {} failed measurement(s), limit {}: {last}",
+                metric.name, self.failures, metric.failure_limit
+            ));
+        }
+        if self.consecutive_errors > metric.consecutive_error_limit {
+            return Verdict::Inconclusive(format!(
+                "metric `{}`: {} provider errors in a row, limit {}: {last}",
+                metric.name, self.consecutive_errors, metric.consecutive_error_limit
+            ));
+        }
+        if self.inconclusives > metric.inconclusive_limit {
+            return Verdict::Inconclusive(format!(
+                "metric `{}`: {} inconclusive measurement(s), limit {}: {last}",
+                metric.name, self.inconclusives, metric.inconclusive_limit
+            ));
+        }
+        match count {
+            Some(n) if self.judged() >= n => Verdict::Pass,
+            _ => Verdict::Running,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::condition::Condition;
+    use crate::analysis::spec::{BuiltinKind, BuiltinMetric, ProviderSpec};
+    use std::time::Duration;
+
+    fn metric() -> MetricSpec {
+        MetricSpec {
+            name: "errors".into(),
+            provider: ProviderSpec::Builtin(BuiltinMetric {
+                metric: BuiltinKind::ErrorRate,
+                quantile: None,
+                window: Duration::from_secs(10),
+                codes: vec![],
+                compare: None,
+            }),
+            interval: Duration::from_secs(1),
+            count: Some(3),
+            success_condition: Some(Condition::parse("result < 0.01").unwrap()),
+            failure_condition: None,
+            failure_limit: 1,
+            inconclusive_limit: 0,
+            consecutive_error_limit: 2,
+            min_requests: None,
+        }
+    }
+
+    #[test]
+    fn judging_readings() {
+        let m = metric();
+        assert_eq!(
+            judge(&m, Reading::Value(0.001), 0).outcome,
+            Outcome::Successful
+        );
+        let failed = judge(&m, Reading::Value(0.2), 0);
+        assert_eq!(failed.outcome, Outcome::Failed);
+        assert_eq!(
+            failed.message,
+            "result 0.2 does not meet success condition `result < 0.01`"
+        );
+        assert_eq!(
+            judge(&m, Reading::NoData("empty".into()), 0).outcome,
+            Outcome::Inconclusive
+        );
+        assert_eq!(
+            judge(&m, Reading::Error("refused".into()), 0).outcome,
+            Outcome::Error
+        );
+        assert_eq!(
+            judge(&m, Reading::Value(f64::NAN), 0).outcome,
+            Outcome::Inconclusive
+        );
+    }
+
+    #[test]
+    fn limits_decide_the_verdict() {
+        let m = metric();
+        let mut t = MetricTally::default();
+        t.add(judge(&m, Reading::Value(0.5), 0));
+        assert_eq!(
+            t.verdict(&m, Some(3)),
+            Verdict::Running,
+            "one failure is within the limit of 1"
+        );
+        t.add(judge(&m, Reading::Value(0.0), 0));
+        t.add(judge(&m, Reading::Value(0.0), 0));
+        assert_eq!(t.verdict(&m, Some(3)), Verdict::Pass);
+        assert_eq!(
+            t.verdict(&m, None),
+            Verdict::Running,
+            "background metrics never pass by count"
+        );
+        t.add(judge(&m, Reading::Value(0.5), 0));
+        assert!(
+            matches!(t.verdict(&m, Some(3)), Verdict::Fail(r) if r.contains("2 failed measurement(s), limit 1"))
+        );
+    }
+
+    #[test]
+    fn errors_and_no_data_are_inconclusive_never_a_pass() {
+        let m = metric();
+        let mut t = MetricTally::default();
+        for _ in 0..3 {
+            t.add(judge(&m, Reading::Error("connection refused".into()), 0));
+        }
+        assert!(
+            matches!(t.verdict(&m, Some(1)), Verdict::Inconclusive(r) if r.contains("3 provider errors in a row"))
+        );
+        let mut t = MetricTally::default();
+        t.add(judge(&m, Reading::NoData("empty result".into()), 0));
+        assert!(
+            matches!(t.verdict(&m, Some(1)), Verdict::Inconclusive(r) if r.contains("no data: empty result"))
+        );
+    }
+}

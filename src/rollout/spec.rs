@@ -1,0 +1,164 @@
+//! The rollout spec: which version rolls out, its steps, analysis, and what happens to the old version.
+//!
+//! camelCase, like the Kubernetes `Rollout` resource these same types back.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::{AnalysisSpec, BackgroundAnalysis};
+use crate::config::{FULL_WEIGHT, WeightBps, serde_duration, serde_opt_duration, serde_weight};
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// The version to roll out. Changing it (or its endpoints or revision) starts a rollout.
+    pub canary: String,
+    /// The version serving before the first rollout; later the last promoted canary is stable.
+    /// Default: the first version that is not the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<String>,
+    // Steps are one-key maps (`setWeight: 10`), not YAML tags.
+    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
+    pub steps: Vec<Step>,
+    /// Analysis running through the rollout, from `startingStep` on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<BackgroundAnalysis>,
+    /// Highest canary weight a `setWeight` step may set (promotion still goes to 100).
+    #[serde(default = "full_weight", with = "serde_weight")]
+    pub max_weight: WeightBps,
+    /// Pin clients to the version they got (cookie `tidegate-<route>`), while it has weight.
+    #[serde(default)]
+    pub sticky_sessions: bool,
+    /// A header testers send to force a version, e.g. `x-tidegate-version` with value `canary`
+    /// (the version's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_route: Option<String>,
+    /// After promotion, how long requests and upgraded connections in flight on the old version
+    /// may take to finish before it is removed anyway.
+    #[serde(default = "default_drain", with = "serde_duration")]
+    pub drain_timeout: Duration,
+    /// After promotion, keep the old version at least this long before removing it (a quick
+    /// way back while it still runs).
+    #[serde(default, with = "serde_duration")]
+    pub scale_down_delay: Duration,
+    /// A step (other than a pause waiting for a human) taking longer than this aborts the rollout.
+    #[serde(default = "default_deadline", with = "serde_duration")]
+    pub progress_deadline: Duration,
+    /// Local mode: a shell command run when an old version is removed, e.g.
+    /// `systemctl stop app@{version}`; `{route}` and `{version}` are filled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_remove: Option<String>,
+    /// A webhook told (JSON with a Slack-compatible `text`) when a rollout starts, completes a
+    /// step, pauses, aborts or completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifySpec>,
+}
+
+fn full_weight() -> WeightBps {
+    FULL_WEIGHT
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_deadline() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// One step, written as a one-key map: `setWeight: 12.5`, `pause: {duration: 2m}`,
+/// `pause: {}` (wait for promote), `analysis: {metrics: [...]}`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub enum Step {
+    SetWeight(#[serde(with = "serde_weight")] WeightBps),
+    Pause(PauseStep),
+    Analysis(AnalysisSpec),
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PauseStep {
+    /// Without a duration the rollout waits for `promote`.
+    #[serde(
+        default,
+        with = "serde_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NotifySpec {
+    pub webhook: String,
+}
+
+impl RolloutSpec {
+    /// Checks what serde cannot, given the route's version names; returns a field path
+    /// relative to the rollout and what is wrong.
+    pub fn validate(&self, versions: &[&str]) -> Result<(), (String, String)> {
+        if !versions.contains(&self.canary.as_str()) {
+            return Err((
+                "canary".into(),
+                format!("no version named `{}` in this route", self.canary),
+            ));
+        }
+        if let Some(stable) = &self.stable
+            && !versions.contains(&stable.as_str())
+        {
+            return Err((
+                "stable".into(),
+                format!("no version named `{stable}` in this route"),
+            ));
+        }
+        if self.max_weight == 0 {
+            return Err(("maxWeight".into(), "must be above 0".into()));
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            if let Step::Analysis(a) = step {
+                if a.metrics.is_empty() {
+                    return Err((
+                        format!("steps[{i}].analysis.metrics"),
+                        "at least one metric is needed".into(),
+                    ));
+                }
+                for (j, m) in a.metrics.iter().enumerate() {
+                    m.validate()
+                        .map_err(|(f, e)| (format!("steps[{i}].analysis.metrics[{j}].{f}"), e))?;
+                }
+            }
+        }
+        if let Some(bg) = &self.analysis {
+            if bg.starting_step > self.steps.len() {
+                return Err((
+                    "analysis.startingStep".into(),
+                    format!("there are only {} steps", self.steps.len()),
+                ));
+            }
+            if bg.metrics.is_empty() {
+                return Err((
+                    "analysis.metrics".into(),
+                    "at least one metric is needed".into(),
+                ));
+            }
+            for (j, m) in bg.metrics.iter().enumerate() {
+                m.validate()
+                    .map_err(|(f, e)| (format!("analysis.metrics[{j}].{f}"), e))?;
+            }
+        }
+        if let Some(h) = &self.header_route
+            && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            return Err(("headerRoute".into(), format!("`{h}` is not a header name")));
+        }
+        if let Some(n) = &self.notify
+            && !(n.webhook.starts_with("http://") || n.webhook.starts_with("https://"))
+        {
+            return Err((
+                "notify.webhook".into(),
+                format!("`{}` is not an http(s) URL", n.webhook),
+            ));
+        }
+        Ok(())
+    }
+}
