@@ -13,3 +13,4 @@ pub mod reload;
 pub mod rollout;
 pub mod routing;
 pub mod runtime;
+pub mod store;
