@@ -10,6 +10,8 @@ use serde::{Deserialize, Deserializer};
 
 mod locate;
 
+pub use locate::line_of;
+
 /// Weights inside tidegate are basis points: 10000 = 100 %.
 pub type WeightBps = u16;
 pub const FULL_WEIGHT: WeightBps = 10_000;
@@ -60,6 +62,10 @@ pub struct Config {
     pub workers: Option<usize>,
     #[serde(default)]
     pub log: LogConfig,
+    /// Where rollout state is kept (one JSON file per rollout). Relative paths are relative
+    /// to the config file; default `tidegate-state` beside it.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -67,12 +73,18 @@ pub struct Config {
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// File holding the bearer token that commands (promote, abort, ...) must present.
+    /// `TIDEGATE_ADMIN_TOKEN` in the environment is used when this is not set. Without a
+    /// token, commands are refused; reads stay open.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: default_admin_listen(),
+            token_file: None,
         }
     }
 }
@@ -128,6 +140,33 @@ pub struct RouteConfig {
     /// Overrides `timeouts.upstream_response` for this route.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub upstream_response_timeout: Option<Duration>,
+    /// Progressive delivery for this route: the rollout engine sets the versions' weights.
+    #[serde(default)]
+    pub rollout: Option<crate::rollout::RolloutSpec>,
+}
+
+impl RouteConfig {
+    /// The cookie pinning clients to a version: the route's, or the rollout's `stickySessions`.
+    pub fn sticky_cookie(&self) -> Option<StickyConfig> {
+        self.sticky.clone().or_else(|| {
+            self.rollout
+                .as_ref()
+                .filter(|r| r.sticky_sessions)
+                .map(|_| StickyConfig {
+                    cookie: format!("tidegate-{}", self.name),
+                    max_age: None,
+                })
+        })
+    }
+
+    /// The header that forces a version: the route's, or the rollout's `headerRoute`.
+    pub fn version_header(&self) -> Option<&str> {
+        self.version_header.as_deref().or_else(|| {
+            self.rollout
+                .as_ref()
+                .and_then(|r| r.header_route.as_deref())
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -169,9 +208,14 @@ fn default_sticky_cookie() -> String {
 #[serde(deny_unknown_fields)]
 pub struct VersionConfig {
     pub name: String,
-    /// Percent of the route's traffic, up to two decimals (12.5, 0.01). All versions add up to 100.
-    #[serde(deserialize_with = "de_weight")]
-    pub weight: WeightBps,
+    /// Percent of the route's traffic, up to two decimals (12.5, 0.01). All versions add up to
+    /// 100. Routes with a `rollout` leave it out: the rollout sets the weights.
+    #[serde(default, deserialize_with = "de_opt_weight")]
+    pub weight: Option<WeightBps>,
+    /// A label for what runs there (an image tag, a build): changing it starts a rollout, like
+    /// changing the endpoints does.
+    #[serde(default)]
+    pub revision: Option<String>,
     /// Upstream addresses (`host:port`, IP literals).
     pub endpoints: Vec<SocketAddr>,
     /// How tidegate speaks to this version's endpoints.
@@ -326,6 +370,17 @@ impl Config {
         })?;
         let mut config = Config::parse(&text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
+        config.state_dir = Some(
+            base.join(
+                config
+                    .state_dir
+                    .as_deref()
+                    .unwrap_or(Path::new("tidegate-state")),
+            ),
+        );
+        if let Some(t) = &mut config.admin.token_file {
+            *t = base.join(&*t);
+        }
         for listener in &mut config.listeners {
             if let Some(tls) = &mut listener.tls {
                 for cert in &mut tls.certificates {
@@ -475,10 +530,10 @@ impl Config {
                     ),
                 ));
             }
-            if r.versions.len() < 2 {
+            if r.versions.is_empty() {
                 return Err((
                     format!("{at}.versions"),
-                    "a route needs at least two versions (e.g. stable and canary)".into(),
+                    "a route needs at least one version".into(),
                 ));
             }
             if r.versions.len() > 250 {
@@ -501,7 +556,23 @@ impl Config {
                         ),
                     ));
                 }
-                if v.endpoints.is_empty() && v.weight > 0 {
+                match (v.weight, &r.rollout) {
+                    (Some(_), Some(_)) => {
+                        return Err((
+                            format!("{at}.weight"),
+                            "this route has a rollout, which sets the weights: remove `weight`"
+                                .into(),
+                        ));
+                    }
+                    (None, None) => {
+                        return Err((
+                            format!("{at}.weight"),
+                            "a weight in percent is needed (e.g. `weight: 90`)".into(),
+                        ));
+                    }
+                    _ => {}
+                }
+                if v.endpoints.is_empty() && v.weight.unwrap_or(0) > 0 {
                     return Err((
                         format!("{at}.endpoints"),
                         "a version with weight needs at least one endpoint".into(),
@@ -527,9 +598,14 @@ impl Config {
                         ));
                     }
                 }
-                total += u32::from(v.weight);
+                total += u32::from(v.weight.unwrap_or(0));
             }
-            if total != u32::from(FULL_WEIGHT) {
+            if let Some(rollout) = &r.rollout {
+                let names: Vec<&str> = r.versions.iter().map(|v| v.name.as_str()).collect();
+                rollout
+                    .validate(&names)
+                    .map_err(|(f, e)| (format!("{at}.rollout.{f}"), e))?;
+            } else if total != u32::from(FULL_WEIGHT) {
                 return Err((
                     format!("{at}.versions"),
                     format!(
@@ -709,6 +785,10 @@ fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
     }
 }
 
+fn de_opt_weight<'de, D: Deserializer<'de>>(d: D) -> Result<Option<WeightBps>, D::Error> {
+    de_weight(d).map(Some)
+}
+
 fn de_weight<'de, D: Deserializer<'de>>(d: D) -> Result<WeightBps, D::Error> {
     let v = f64::deserialize(d)?;
     parse_weight(v).map_err(serde::de::Error::custom)
@@ -738,8 +818,8 @@ routes:
     #[test]
     fn parses_weights_as_basis_points() {
         let c = Config::parse(GOOD, Path::new("t.yaml")).unwrap();
-        assert_eq!(c.routes[0].versions[0].weight, 8750);
-        assert_eq!(c.routes[0].versions[1].weight, 1250);
+        assert_eq!(c.routes[0].versions[0].weight, Some(8750));
+        assert_eq!(c.routes[0].versions[1].weight, Some(1250));
         assert_eq!(c.timeouts.connect, Duration::from_secs(2));
     }
 

@@ -5,23 +5,31 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Config, ConfigError};
-use crate::health::{ActiveChecks, EndpointRegistry};
+use crate::health::ActiveChecks;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::proxy::CertStore;
-use crate::routing::{RouteTable, RouteWriter};
+use crate::routing::TablePublisher;
 
-/// Owns the running config and everything derived from it on the control side.
+/// Something that keeps state derived from the config (the rollout controller): it may
+/// refuse a config that contradicts that state, and hears when a new one is in force.
+pub trait ConfigListener: Send + Sync {
+    /// Err((field path, what is wrong)) refuses the config; nothing changes.
+    fn check(&self, config: &Config) -> Result<(), (String, String)>;
+    /// `config` is now in force.
+    fn applied(&self, config: &Config);
+}
+
+/// Reloads the config file into the publisher, and keeps the active health checks in step.
 pub struct Reloader {
     path: PathBuf,
-    writer: Arc<RouteWriter>,
-    endpoints: Arc<EndpointRegistry>,
+    publisher: Arc<TablePublisher>,
     metrics: Arc<Metrics>,
     certs: Vec<Arc<CertStore>>,
+    listener: Option<Arc<dyn ConfigListener>>,
     state: Mutex<State>,
 }
 
 struct State {
-    config: Config,
     checks: ActiveChecks,
     stamp: Option<FileStamp>,
 }
@@ -41,24 +49,22 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 }
 
 impl Reloader {
-    /// Starts active health checks for `config` (call inside a tokio runtime).
+    /// Starts active health checks for the table in force (call inside a tokio runtime).
     pub fn new(
         path: &Path,
-        config: Config,
-        writer: Arc<RouteWriter>,
-        endpoints: Arc<EndpointRegistry>,
+        publisher: Arc<TablePublisher>,
         metrics: Arc<Metrics>,
         certs: Vec<Arc<CertStore>>,
+        listener: Option<Arc<dyn ConfigListener>>,
     ) -> Reloader {
-        let checks = ActiveChecks::start(writer.current().probe_targets());
+        let checks = ActiveChecks::start(publisher.writer().current().probe_targets());
         Reloader {
             path: path.to_path_buf(),
-            writer,
-            endpoints,
+            publisher,
             metrics,
             certs,
+            listener,
             state: Mutex::new(State {
-                config,
                 checks,
                 stamp: stamp(path),
             }),
@@ -70,7 +76,24 @@ impl Reloader {
     pub fn reload(&self) -> Result<(), ConfigError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.stamp = stamp(&self.path);
-        let config = match Config::load(&self.path) {
+        let checked = Config::load(&self.path).and_then(|config| {
+            let Some(listener) = &self.listener else {
+                return Ok(config);
+            };
+            match listener.check(&config) {
+                Ok(()) => Ok(config),
+                Err((field, message)) => {
+                    let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+                    Err(ConfigError {
+                        file: self.path.clone(),
+                        line: crate::config::line_of(&text, &field),
+                        field,
+                        message,
+                    })
+                }
+            }
+        });
+        let config = match checked {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.count_config_reload(ReloadResult::Failure);
@@ -78,19 +101,21 @@ impl Reloader {
                 return Err(e);
             }
         };
-        for field in restart_only_changes(&state.config, &config) {
+        let old = self.publisher.config();
+        for field in restart_only_changes(&old, &config) {
             tracing::warn!(
                 field,
                 "this setting changes only on restart; the running value stays"
             );
         }
-        let table = RouteTable::from_config(&config, &self.endpoints, &self.metrics);
-        let targets = table.probe_targets();
-        self.writer.publish(table);
-        state.checks = ActiveChecks::start(targets);
-        state.config = config;
+        let routes = config.routes.len();
+        if let Some(listener) = &self.listener {
+            listener.applied(&config);
+        }
+        self.publisher.replace_config(config);
+        state.checks = ActiveChecks::start(self.publisher.writer().current().probe_targets());
         self.metrics.count_config_reload(ReloadResult::Success);
-        tracing::info!(file = %self.path.display(), routes = state.config.routes.len(), "config reloaded");
+        tracing::info!(file = %self.path.display(), routes, "config reloaded");
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! Wires a proxy process together: config, route writer, data plane, admin listener, reloads, signals.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +10,13 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
+use crate::controller::Controller;
 use crate::health::EndpointRegistry;
 use crate::metrics::Metrics;
 use crate::proxy::{self, BoundListener, CertStore, ProxyHandle, ProxySettings, TlsError};
 use crate::reload::Reloader;
-use crate::routing::{RouteReader, RouteTable, RouteWriter};
+use crate::routing::{RouteReader, RouteWriter, TablePublisher};
+use crate::store::{FileStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -30,6 +32,13 @@ pub enum StartError {
     Tls { name: String, source: TlsError },
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
+    #[error("{0}")]
+    State(#[from] StoreError),
+    #[error("admin token file {file}: {source}")]
+    Token {
+        file: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A running proxy: data plane workers plus the control tasks around them.
@@ -37,8 +46,9 @@ pub struct ProxyProcess {
     /// Listener names and the addresses they are bound to (port 0 resolved).
     pub listeners: Vec<(String, SocketAddr)>,
     pub admin_addr: SocketAddr,
-    pub writer: Arc<RouteWriter>,
+    pub publisher: Arc<TablePublisher>,
     pub routes: RouteReader,
+    pub controller: Controller,
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
     data_plane: ProxyHandle,
@@ -52,9 +62,15 @@ impl ProxyProcess {
         let settings = ProxySettings::from_config(&config);
         let metrics = Arc::new(Metrics::default());
         let endpoints = Arc::new(EndpointRegistry::default());
-        let table = RouteTable::from_config(&config, &endpoints, &metrics);
-        let (writer, routes) = RouteWriter::new(table);
-        let writer = Arc::new(writer);
+        let state_dir = config
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("tidegate-state"));
+        let controller = Controller::open(FileStore::open(&state_dir)?, metrics.clone())?;
+        let token = admin_token(&config)?;
+        let weights = controller.initial_weights(&config);
+        let (publisher, routes) =
+            TablePublisher::new(config.clone(), weights, endpoints, metrics.clone());
 
         let mut bound = Vec::new();
         let mut certs = Vec::new();
@@ -93,13 +109,13 @@ impl ProxyProcess {
         let data_plane = proxy::start(bound, settings, routes.clone(), metrics.clone())
             .map_err(StartError::Workers)?;
 
+        controller.start(publisher.clone(), &config);
         let reloader = Arc::new(Reloader::new(
             config_path,
-            config,
-            writer.clone(),
-            endpoints,
+            publisher.clone(),
             metrics.clone(),
             certs,
+            Some(Arc::new(controller.clone())),
         ));
         let tasks = vec![
             tokio::spawn(admin::serve(
@@ -107,6 +123,8 @@ impl ProxyProcess {
                 AdminState {
                     routes: routes.clone(),
                     metrics: metrics.clone(),
+                    controller: Some(controller.clone()),
+                    token,
                 },
             )),
             tokio::spawn(reloader.clone().watch_files(Duration::from_secs(1))),
@@ -114,13 +132,19 @@ impl ProxyProcess {
         Ok(ProxyProcess {
             listeners,
             admin_addr,
-            writer,
+            publisher,
             routes,
+            controller,
             metrics,
             reloader,
             data_plane,
             tasks,
         })
+    }
+
+    /// The one route writer, for weight changes outside rollouts.
+    pub fn writer(&self) -> &RouteWriter {
+        self.publisher.writer()
     }
 
     /// The bound address of listener `name`.
@@ -176,4 +200,26 @@ impl Signals {
             int: signal(SignalKind::interrupt())?,
         })
     }
+}
+
+/// The bearer token commands need: from `admin.token_file`, else `TIDEGATE_ADMIN_TOKEN`.
+fn admin_token(config: &Config) -> Result<Option<String>, StartError> {
+    if let Some(file) = &config.admin.token_file {
+        let text = std::fs::read_to_string(file).map_err(|source| StartError::Token {
+            file: file.clone(),
+            source,
+        })?;
+        let token = text.trim().to_string();
+        if token.is_empty() {
+            return Err(StartError::Token {
+                file: file.clone(),
+                source: std::io::Error::other("the file is empty"),
+            });
+        }
+        return Ok(Some(token));
+    }
+    Ok(std::env::var("TIDEGATE_ADMIN_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
 }

@@ -78,7 +78,7 @@ async fn weight_churn_under_load_fails_nothing_and_never_uses_a_weightless_versi
     let done = Arc::new(AtomicBool::new(false));
     let writer = {
         let (w, started, published, done) = (
-            proxy.process.writer.clone(),
+            proxy.process.publisher.clone(),
             started.clone(),
             published.clone(),
             done.clone(),
@@ -92,7 +92,7 @@ async fn weight_churn_under_load_fails_nothing_and_never_uses_a_weightless_versi
                     [("stable", 10_000), ("canary", 0)]
                 };
                 started.store(g, SeqCst);
-                let result = w.set_weights("app", &weights);
+                let result = w.writer().set_weights("app", &weights);
                 published.store(g, SeqCst);
                 if let Err(e) = result {
                     done.store(true, SeqCst);
@@ -303,7 +303,7 @@ async fn sticky_cookie_pins_the_version_until_it_loses_its_weight() {
     // The canary loses its weight: pinned clients move to stable and are re-pinned there.
     proxy
         .process
-        .writer
+        .writer()
         .set_weights("app", &[("stable", 10_000), ("canary", 0)])
         .expect("set weights");
     for _ in 0..20 {
@@ -853,7 +853,7 @@ routes:
     );
     proxy
         .process
-        .writer
+        .writer()
         .set_weights("app", &[("stable", 8_766), ("canary", 1_234)])
         .expect("set weights");
     let m = proxy.metrics().await;

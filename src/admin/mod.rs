@@ -1,4 +1,7 @@
-//! The admin listener: `/metrics` in Prometheus text format, `/healthz`, and the route table as JSON.
+//! The admin listener: `/metrics`, `/healthz`, the route table, and the rollout API.
+
+mod api;
+mod auth;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use crate::controller::Controller;
 use crate::metrics::Metrics;
 use crate::routing::RouteReader;
 
@@ -21,6 +25,9 @@ use crate::routing::RouteReader;
 pub struct AdminState {
     pub routes: RouteReader,
     pub metrics: Arc<Metrics>,
+    pub controller: Option<Controller>,
+    /// Bearer token commands must carry; None disables commands.
+    pub token: Option<String>,
 }
 
 /// Binds the admin address; serve it with `serve`.
@@ -31,14 +38,14 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves admin requests until the task is dropped.
 pub async fn serve(listener: TcpListener, state: AdminState) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, &req)) }
+                async move { Ok::<_, Infallible>(respond(&state, peer, &req)) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -47,12 +54,27 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
     }
 }
 
-fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
+fn respond(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path.starts_with("/api/v1/") {
+        return api::handle(
+            state,
+            peer,
+            req.method(),
+            path,
+            req.uri().query(),
+            req.headers(),
+        )
+        .unwrap_or_else(api::ApiError::into_response);
+    }
+    match (req.method(), path) {
         (&Method::GET, "/metrics") => {
             let mut out = String::with_capacity(16 * 1024);
             state.metrics.render(&mut out);
             state.routes.load().render_metrics(&mut out);
+            if let Some(c) = &state.controller {
+                c.render_metrics(&mut out);
+            }
             reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",

@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-pub use version::{LATENCY_BOUNDS, VersionStats};
+pub use version::{ActiveGuard, LATENCY_BOUNDS, VersionStats};
 pub use window::WindowSnapshot;
 
 /// Why tidegate answered a request itself instead of relaying the upstream's answer.
@@ -188,6 +188,21 @@ impl Metrics {
                 esc(&v.route),
                 esc(&v.version),
                 t.connect_errors
+            );
+        }
+        header(
+            out,
+            "tidegate_version_active_requests",
+            "gauge",
+            "Requests streaming and upgraded connections open now, by version: what a drain waits for.",
+        );
+        for v in &versions {
+            let _ = writeln!(
+                out,
+                "tidegate_version_active_requests{{route=\"{}\",version=\"{}\"}} {}",
+                esc(&v.route),
+                esc(&v.version),
+                v.active()
             );
         }
         header(

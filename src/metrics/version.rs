@@ -26,7 +26,19 @@ pub struct VersionStats {
     latency_buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
     latency_sum_micros: AtomicU64,
     connect_errors: AtomicU64,
+    /// Requests whose response is still streaming, plus open upgraded connections: what a
+    /// drain waits for.
+    active: AtomicU64,
     window: Window,
+}
+
+/// Counts one request (or tunnel) as active on its version until dropped.
+pub struct ActiveGuard(Arc<VersionStats>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
 }
 
 /// A point-in-time copy of the counters, for rendering.
@@ -46,6 +58,7 @@ impl VersionStats {
             latency_buckets: Default::default(),
             latency_sum_micros: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
+            active: AtomicU64::new(0),
             window: Window::default(),
         }
     }
@@ -58,6 +71,17 @@ impl VersionStats {
         self.latency_buckets[b].fetch_add(1, Relaxed);
         self.latency_sum_micros.fetch_add(micros, Relaxed);
         self.window.record(clock::now_ms(), status, micros);
+    }
+
+    /// Marks a request active until the guard drops (with its response body or tunnel).
+    pub fn begin(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Relaxed);
+        ActiveGuard(self.clone())
+    }
+
+    /// Requests streaming and tunnels open on this version now.
+    pub fn active(&self) -> u64 {
+        self.active.load(Relaxed)
     }
 
     pub fn record_connect_error(&self) {

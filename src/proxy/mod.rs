@@ -7,6 +7,7 @@
 //! for bodiless idempotent requests) -> passive health + metrics -> response header rules
 //! -> streamed body, or a tunnel after `101 Switching Protocols`.
 
+mod body;
 mod drain;
 pub mod error;
 pub mod headers;
@@ -22,7 +23,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -39,7 +39,7 @@ use crate::metrics::{ErrorKind, Metrics};
 use crate::routing::RouteReader;
 
 /// Response body: the upstream's, streamed, or tidegate's own short one.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<body::TrackedBody, Full<Bytes>>;
 
 /// Process-level settings of the data plane (a change needs a restart).
 #[derive(Debug, Clone)]

@@ -11,6 +11,7 @@ use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 
 use super::ProxyBody;
+use super::body::TrackedBody;
 use super::drain::DrainTracker;
 use super::error::ProxyError;
 use super::headers;
@@ -18,7 +19,7 @@ use super::upstream::{UpstreamError, Upstreams};
 use crate::clock;
 use crate::config::UpstreamProtocol;
 use crate::health::{Endpoint, pick_endpoint};
-use crate::metrics::{Metrics, VersionStats};
+use crate::metrics::{ActiveGuard, Metrics, VersionStats};
 use crate::routing::{Choice, RouteReader};
 
 /// What every connection of one worker thread shares.
@@ -86,6 +87,8 @@ impl Worker {
         let target = self.target(&req, retryable, now_ms)?;
         let stats = target.stats.clone();
         let fail = |e: ProxyError| (e, Some(stats.clone()));
+        // Active until the response body ends or the tunnel closes: what a drain waits for.
+        let active = stats.begin();
 
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -202,7 +205,7 @@ impl Worker {
                 )));
             };
             let upstream_side = hyper::upgrade::on(&mut resp);
-            self.spawn_tunnel(client_side, upstream_side);
+            self.spawn_tunnel(client_side, upstream_side, active);
             let (parts, _) = resp.into_parts();
             return Ok(Response::from_parts(
                 parts,
@@ -214,7 +217,10 @@ impl Worker {
         if let Some(cookie) = target.set_cookie {
             parts.headers.append(header::SET_COOKIE, cookie);
         }
-        Ok(Response::from_parts(parts, Either::Left(body)))
+        Ok(Response::from_parts(
+            parts,
+            Either::Left(TrackedBody::new(body, active)),
+        ))
     }
 
     /// Loads the route table once, decides, and lets go of it before any await.
@@ -268,10 +274,15 @@ impl Worker {
 
     /// Copies bytes both ways between the upgraded client and upstream connections until
     /// either side closes; counted by the drain tracker so shutdown waits for it.
-    fn spawn_tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    fn spawn_tunnel(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        active: ActiveGuard,
+    ) {
         let guard = self.drain.enter();
         tokio::spawn(async move {
-            let _guard = guard;
+            let _guards = (guard, active);
             let (client, upstream) = match tokio::try_join!(client, upstream) {
                 Ok(pair) => pair,
                 Err(e) => {

@@ -42,8 +42,6 @@ pub enum Effect {
         metric: Box<MetricSpec>,
         index: usize,
     },
-    /// Tell the notification webhook.
-    Notify(Event),
     /// Drop the drained version from the route table (and run `onRemove`).
     Remove { version: String },
 }
@@ -51,6 +49,8 @@ pub enum Effect {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub status: RolloutStatus,
+    /// Transitions made by this decision, oldest first (also appended to the status history).
+    pub events: Vec<Event>,
     pub effects: Vec<Effect>,
     /// Call `decide` again after this long at the latest (a pause ends, a measurement is due).
     pub requeue_after: Option<Duration>,
@@ -205,6 +205,7 @@ pub fn command(
 struct Engine {
     st: RolloutStatus,
     now: u64,
+    events: Vec<Event>,
     effects: Vec<Effect>,
     wake_at: Option<u64>,
 }
@@ -214,6 +215,7 @@ impl Engine {
         Engine {
             st: status.clone(),
             now,
+            events: Vec::new(),
             effects: Vec::new(),
             wake_at: None,
         }
@@ -225,6 +227,7 @@ impl Engine {
                 .wake_at
                 .map(|at| Duration::from_millis(at.saturating_sub(self.now))),
             status: self.st,
+            events: self.events,
             effects: self.effects,
         }
     }
@@ -241,9 +244,7 @@ impl Engine {
             step: self.st.step,
             canary_weight: self.st.canary_weight,
         };
-        if kind.is_notified() {
-            self.effects.push(Effect::Notify(event.clone()));
-        }
+        self.events.push(event.clone());
         self.st.history.push(event);
         if self.st.history.len() > HISTORY_LEN {
             let extra = self.st.history.len() - HISTORY_LEN;

@@ -1,29 +1,77 @@
 //! Builds a route table from validated config, reusing endpoint health and version counters.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::HeaderName;
 
 use super::{HostMatch, ProbeSettings, Route, RouteMatcher, RouteTable, Sticky, Version};
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, FULL_WEIGHT, RouteConfig, WeightBps};
 use crate::health::{EndpointRegistry, PassivePolicy};
 use crate::metrics::Metrics;
 
+/// Weights set by rollouts, by route: exactly the versions to keep in the table, in basis
+/// points. Versions of the route that are not listed are left out (removed after a drain).
+pub type RolloutWeights = BTreeMap<String, Vec<(String, WeightBps)>>;
+
 impl RouteTable {
-    /// `config` must have passed `Config::parse` validation.
+    /// `config` must have passed `Config::parse` validation. Routes with a rollout take their
+    /// weights from `rollouts`; before their rollout has a status, the stable version gets all.
     pub fn from_config(
         config: &Config,
         endpoints: &EndpointRegistry,
         metrics: &Metrics,
+        rollouts: &RolloutWeights,
     ) -> RouteTable {
         let p = &config.passive_health;
         RouteTable {
             routes: config
                 .routes
                 .iter()
-                .map(|r| Arc::new(build_route(r, config, endpoints, metrics)))
+                .map(|r| {
+                    Arc::new(build_route(
+                        r,
+                        config,
+                        endpoints,
+                        metrics,
+                        rollouts.get(&r.name),
+                    ))
+                })
                 .collect(),
             passive: PassivePolicy::new(p.consecutive_failures, p.ejection, p.max_ejection),
+        }
+    }
+}
+
+/// Which versions a route serves (indices into its config), with what weight.
+fn version_weights(
+    r: &RouteConfig,
+    rollout: Option<&Vec<(String, WeightBps)>>,
+) -> Vec<(usize, WeightBps)> {
+    let index = |name: &str| r.versions.iter().position(|v| v.name == name);
+    match (&r.rollout, rollout) {
+        (None, _) => r
+            .versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i, v.weight.unwrap_or(0)))
+            .collect(),
+        (Some(_), Some(weights))
+            if !weights.is_empty() && weights.iter().all(|(n, _)| index(n).is_some()) =>
+        {
+            weights
+                .iter()
+                .filter_map(|(n, w)| Some((index(n)?, *w)))
+                .collect()
+        }
+        (Some(spec), _) => {
+            let stable =
+                crate::rollout::initial_stable(spec, r.versions.iter().map(|v| v.name.as_str()));
+            r.versions
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i, if v.name == stable { FULL_WEIGHT } else { 0 }))
+                .collect()
         }
     }
 }
@@ -33,26 +81,29 @@ fn build_route(
     config: &Config,
     endpoints: &EndpointRegistry,
     metrics: &Metrics,
+    rollout: Option<&Vec<(String, WeightBps)>>,
 ) -> Route {
     let name: Arc<str> = r.name.as_str().into();
-    let versions = r
-        .versions
-        .iter()
-        .map(|v| Version {
-            name: v.name.as_str().into(),
-            weight: v.weight,
-            endpoints: v.endpoints.iter().map(|&a| endpoints.get(a)).collect(),
-            protocol: v.protocol,
-            stats: metrics.version(&r.name, &v.name),
-            probe: v.health_check.as_ref().map(|h| {
-                Arc::new(ProbeSettings {
-                    path: h.path.clone(),
-                    interval: h.interval,
-                    timeout: h.timeout,
-                    healthy_threshold: h.healthy_threshold,
-                    unhealthy_threshold: h.unhealthy_threshold,
-                })
-            }),
+    let versions = version_weights(r, rollout)
+        .into_iter()
+        .map(|(i, weight)| {
+            let v = &r.versions[i];
+            Version {
+                name: v.name.as_str().into(),
+                weight,
+                endpoints: v.endpoints.iter().map(|&a| endpoints.get(a)).collect(),
+                protocol: v.protocol,
+                stats: metrics.version(&r.name, &v.name),
+                probe: v.health_check.as_ref().map(|h| {
+                    Arc::new(ProbeSettings {
+                        path: h.path.clone(),
+                        interval: h.interval,
+                        timeout: h.timeout,
+                        healthy_threshold: h.healthy_threshold,
+                        unhealthy_threshold: h.unhealthy_threshold,
+                    })
+                }),
+            }
         })
         .collect();
     let matcher = RouteMatcher {
@@ -83,12 +134,11 @@ fn build_route(
         name,
         matcher,
         versions,
-        r.sticky.as_ref().map(|s| Sticky {
-            cookie: s.cookie.clone(),
+        r.sticky_cookie().map(|s| Sticky {
+            cookie: s.cookie,
             max_age: s.max_age,
         }),
-        r.version_header
-            .as_ref()
+        r.version_header()
             .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
         r.upstream_response_timeout
             .unwrap_or(config.timeouts.upstream_response),

@@ -1,6 +1,7 @@
 //! The route table: matchers, versions with weights, and the per-request choice of version and endpoint.
 
 mod build;
+mod publisher;
 mod schedule;
 mod writer;
 
@@ -13,6 +14,8 @@ use crate::config::{UpstreamProtocol, WeightBps};
 use crate::health::{Endpoint, PassivePolicy, ProbeTarget};
 use crate::metrics::VersionStats;
 
+pub use build::RolloutWeights;
+pub use publisher::TablePublisher;
 pub use schedule::WeightSchedule;
 pub use writer::{RouteError, RouteReader, RouteWriter};
 

@@ -29,6 +29,7 @@ fn table() -> (RouteWriter, RouteReader) {
         &config,
         &EndpointRegistry::default(),
         &Metrics::default(),
+        &Default::default(),
     ))
 }
 

@@ -1,0 +1,395 @@
+//! The local rollout driver: runs the pure engine for every route with a rollout and applies
+//! its decisions: persist the status, publish weights, take measurements, notify, remove.
+
+mod effects;
+mod metrics;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::config::{Config, RouteConfig, VersionConfig};
+use crate::metrics::Metrics;
+use crate::reload::ConfigListener;
+use crate::rollout::{
+    self, Command, CommandError, Decision, MeasurementResult, Observations, RolloutSpec,
+    RolloutStatus,
+};
+use crate::routing::{RolloutWeights, TablePublisher};
+use crate::store::{FileStore, StoreError};
+
+/// Why a command through the controller failed; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no rollout named `{0}` (routes with a `rollout` section are rollouts)")]
+    UnknownRollout(String),
+    #[error(transparent)]
+    Refused(#[from] CommandError),
+    #[error("the new status could not be saved, so the command was not applied: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Cheap to clone; all clones drive the same rollouts.
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: FileStore,
+    metrics: Arc<Metrics>,
+    publisher: OnceLock<Arc<TablePublisher>>,
+    rollouts: Mutex<BTreeMap<String, Rollout>>,
+    /// Statuses loaded from disk for routes not (yet) in the config: kept, never dropped.
+    saved: Mutex<BTreeMap<String, RolloutStatus>>,
+    counters: metrics::RolloutCounters,
+}
+
+/// One route's rollout as the controller holds it.
+struct Rollout {
+    spec: RolloutSpec,
+    /// The route's versions in config order.
+    versions: Vec<String>,
+    /// Identity of the configured canary's definition.
+    revision: String,
+    status: RolloutStatus,
+    wake: mpsc::UnboundedSender<Wake>,
+    task: AbortHandle,
+}
+
+/// What wakes a rollout's task.
+enum Wake {
+    Now,
+    Measured(MeasurementResult),
+}
+
+/// Unix milliseconds now.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Controller {
+    /// Loads every saved status; a corrupt or unreadable state file stops here.
+    pub fn open(store: FileStore, metrics: Arc<Metrics>) -> Result<Controller, StoreError> {
+        let saved = store.load_all()?;
+        Ok(Controller {
+            inner: Arc::new(Inner {
+                store,
+                metrics,
+                publisher: OnceLock::new(),
+                rollouts: Mutex::new(BTreeMap::new()),
+                saved: Mutex::new(saved),
+                counters: Default::default(),
+            }),
+        })
+    }
+
+    /// Weights for the first route table: saved statuses where there are some.
+    pub fn initial_weights(&self, config: &Config) -> RolloutWeights {
+        let saved = self.inner.lock_saved();
+        config
+            .routes
+            .iter()
+            .filter(|r| r.rollout.is_some())
+            .filter_map(|r| {
+                let status = saved.get(&r.name)?;
+                Some((r.name.clone(), owned_weights(status, r)))
+            })
+            .collect()
+    }
+
+    /// Starts driving the rollouts of `config` (call inside a tokio runtime).
+    pub fn start(&self, publisher: Arc<TablePublisher>, config: &Config) {
+        let _ = self.inner.publisher.set(publisher);
+        self.applied(config);
+    }
+
+    pub fn statuses(&self) -> Vec<RolloutStatus> {
+        self.inner
+            .lock()
+            .values()
+            .map(|r| r.status.clone())
+            .collect()
+    }
+
+    pub fn status(&self, route: &str) -> Option<RolloutStatus> {
+        self.inner.lock().get(route).map(|r| r.status.clone())
+    }
+
+    /// Applies a manual command; the status is saved before anything else changes.
+    pub fn command(&self, route: &str, cmd: Command) -> Result<RolloutStatus, ControlError> {
+        let mut rollouts = self.inner.lock();
+        let r = rollouts
+            .get_mut(route)
+            .ok_or_else(|| ControlError::UnknownRollout(route.to_string()))?;
+        let obs = self.inner.observations(route, r, Vec::new());
+        let decision = rollout::command(&r.spec, &r.status, cmd, &obs)?;
+        self.inner.store.save(&decision.status)?;
+        tracing::info!(rollout = route, command = cmd.name(), "command applied");
+        self.inner.apply(route, r, decision);
+        let _ = r.wake.send(Wake::Now);
+        Ok(r.status.clone())
+    }
+
+    /// Prometheus metrics of the rollouts.
+    pub fn render_metrics(&self, out: &mut String) {
+        let rollouts = self.inner.lock();
+        let view: Vec<_> = rollouts
+            .values()
+            .map(|r| (&r.status, r.versions.as_slice()))
+            .collect();
+        self.inner.counters.render(&view, out);
+    }
+}
+
+impl ConfigListener for Controller {
+    fn check(&self, config: &Config) -> Result<(), (String, String)> {
+        let rollouts = self.inner.lock();
+        for (i, route) in config.routes.iter().enumerate() {
+            let Some(r) = rollouts.get(&route.name) else {
+                continue;
+            };
+            if route.rollout.is_none() {
+                continue;
+            }
+            let stable = &r.status.stable;
+            if !route.versions.iter().any(|v| &v.name == stable) {
+                return Err((
+                    format!("routes[{i}].versions"),
+                    format!(
+                        "version `{stable}` is the stable version of rollout `{}`: keep it until another version is promoted",
+                        route.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn applied(&self, config: &Config) {
+        let inner = &self.inner;
+        let mut rollouts = inner.lock();
+        rollouts.retain(|name, r| {
+            let keep = config
+                .routes
+                .iter()
+                .any(|c| &c.name == name && c.rollout.is_some());
+            if !keep {
+                r.task.abort();
+                inner.lock_saved().insert(name.clone(), r.status.clone());
+            }
+            keep
+        });
+        for route in &config.routes {
+            let Some(spec) = &route.rollout else { continue };
+            let versions: Vec<String> = route.versions.iter().map(|v| v.name.clone()).collect();
+            let revision = route
+                .versions
+                .iter()
+                .find(|v| v.name == spec.canary)
+                .map(revision_of)
+                .unwrap_or_default();
+            match rollouts.get_mut(&route.name) {
+                Some(r) => {
+                    r.spec = spec.clone();
+                    r.versions = versions;
+                    r.revision = revision;
+                    let _ = r.wake.send(Wake::Now);
+                }
+                None => {
+                    let status = inner.lock_saved().remove(&route.name).unwrap_or_else(|| {
+                        let stable =
+                            rollout::initial_stable(spec, versions.iter().map(String::as_str));
+                        RolloutStatus::new(&route.name, stable, unix_ms())
+                    });
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let task =
+                        tokio::spawn(drive(Arc::downgrade(&self.inner), route.name.clone(), rx))
+                            .abort_handle();
+                    let _ = tx.send(Wake::Now);
+                    rollouts.insert(
+                        route.name.clone(),
+                        Rollout {
+                            spec: spec.clone(),
+                            versions,
+                            revision,
+                            status,
+                            wake: tx,
+                            task,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for r in self
+            .rollouts
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            r.task.abort();
+        }
+    }
+}
+
+/// One rollout's loop: decide, apply, sleep until the decision's deadline or a wake-up.
+async fn drive(
+    inner: std::sync::Weak<Inner>,
+    route: String,
+    mut wake: mpsc::UnboundedReceiver<Wake>,
+) {
+    let mut measured = Vec::new();
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let requeue = strong.step(&route, std::mem::take(&mut measured));
+        drop(strong);
+        let Some(sleep) = requeue else { return };
+        tokio::select! {
+            msg = wake.recv() => match msg {
+                None => return,
+                Some(Wake::Now) => {}
+                Some(Wake::Measured(m)) => measured.push(m),
+            },
+            _ = tokio::time::sleep(sleep) => {}
+        }
+        // Take whatever else arrived, so a burst of results makes one decision.
+        while let Ok(msg) = wake.try_recv() {
+            if let Wake::Measured(m) = msg {
+                measured.push(m);
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Rollout>> {
+        self.rollouts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_saved(&self) -> MutexGuard<'_, BTreeMap<String, RolloutStatus>> {
+        self.saved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One decision for `route`; None when the rollout is gone.
+    fn step(self: &Arc<Self>, route: &str, measured: Vec<MeasurementResult>) -> Option<Duration> {
+        let mut rollouts = self.lock();
+        let r = rollouts.get_mut(route)?;
+        for m in &measured {
+            self.counters.count_verdict(route, r, m);
+        }
+        let obs = self.observations(route, r, measured);
+        let decision = rollout::decide(&r.spec, &r.status, &obs);
+        if decision.status != r.status
+            && let Err(e) = self.store.save(&decision.status)
+        {
+            // Carry on in memory: a rollback must still happen on a full disk. The save is
+            // tried again at the next decision.
+            tracing::error!(rollout = route, error = %e, "rollout status not saved");
+        }
+        let requeue = decision.requeue_after;
+        self.apply(route, r, decision);
+        // Even with nothing scheduled, look again now and then (endpoints drain, configs change).
+        Some(
+            requeue
+                .unwrap_or(Duration::from_secs(30))
+                .min(Duration::from_secs(30)),
+        )
+    }
+
+    fn observations(
+        &self,
+        route: &str,
+        r: &Rollout,
+        measurements: Vec<MeasurementResult>,
+    ) -> Observations {
+        let active = r
+            .versions
+            .iter()
+            .map(|v| (v.clone(), self.metrics.version(route, v).active()))
+            .collect();
+        Observations {
+            now: unix_ms(),
+            canary_revision: r.revision.clone(),
+            measurements,
+            active,
+        }
+    }
+
+    /// Puts a decision in force: status, weights, events, effects.
+    fn apply(self: &Arc<Self>, route: &str, r: &mut Rollout, d: Decision) {
+        r.status = d.status;
+        if let Some(publisher) = self.publisher.get() {
+            publisher.set_route_weights(route, owned_weights_from(&r.status, &r.versions));
+        }
+        for event in &d.events {
+            tracing::info!(rollout = route, event = ?event.kind, step = event.step + 1, canary_weight = %crate::config::format_percent(event.canary_weight.into()), "{}", event.message);
+            if event.kind.is_notified()
+                && let Some(n) = &r.spec.notify
+            {
+                effects::notify(n.webhook.clone(), route.to_string(), event.clone());
+            }
+        }
+        for effect in d.effects {
+            match effect {
+                rollout::Effect::Measure {
+                    run_id,
+                    metric,
+                    index,
+                } => {
+                    effects::measure(self, route, r, run_id, *metric, index, r.wake.clone());
+                }
+                rollout::Effect::Remove { version } => {
+                    if let Some(cmd) = &r.spec.on_remove {
+                        effects::on_remove(cmd.clone(), route.to_string(), version);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn owned_weights(status: &RolloutStatus, route: &RouteConfig) -> Vec<(String, u16)> {
+    let versions: Vec<String> = route.versions.iter().map(|v| v.name.clone()).collect();
+    owned_weights_from(status, &versions)
+}
+
+fn owned_weights_from(status: &RolloutStatus, versions: &[String]) -> Vec<(String, u16)> {
+    status
+        .weights(versions.iter().map(String::as_str))
+        .into_iter()
+        .map(|(v, w)| (v.to_string(), w))
+        .collect()
+}
+
+/// A short, stable identity of a version's definition (FNV-1a over its fields): a change
+/// means a new build to roll out. Stable across tidegate versions, since it is persisted.
+pub fn revision_of(v: &VersionConfig) -> String {
+    let mut text = format!(
+        "{}|{:?}|{}",
+        v.name,
+        v.protocol,
+        v.revision.as_deref().unwrap_or("")
+    );
+    for e in &v.endpoints {
+        text.push('|');
+        text.push_str(&e.to_string());
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
