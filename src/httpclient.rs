@@ -86,6 +86,7 @@ pub struct HttpRequest {
     body: Option<Bytes>,
     timeout: Duration,
     max_body: usize,
+    hide_path: bool,
 }
 
 /// An answer of any status; [`HttpResponse::error_for_status`] turns non-2xx into an error.
@@ -137,6 +138,7 @@ impl HttpRequest {
             body: None,
             timeout: DEFAULT_TIMEOUT,
             max_body: MAX_BODY,
+            hide_path: false,
         }
     }
 
@@ -169,7 +171,7 @@ impl HttpRequest {
         value: &T,
     ) -> Result<HttpRequest, HttpError> {
         let bytes = serde_json::to_vec(value).map_err(|e| HttpError::Encode {
-            url: shown_url(&self.url),
+            url: self.shown_url(),
             reason: e.to_string(),
         })?;
         self.body = Some(Bytes::from(bytes));
@@ -186,6 +188,21 @@ impl HttpRequest {
     pub fn max_body(mut self, limit: usize) -> HttpRequest {
         self.max_body = limit;
         self
+    }
+
+    /// Errors show only `scheme://host:port/…`: for URLs whose path is a secret, like
+    /// Slack's `hooks.slack.com/services/T…/B…/token`, which must not reach logs.
+    pub fn secret_path(mut self) -> HttpRequest {
+        self.hide_path = true;
+        self
+    }
+
+    fn shown_url(&self) -> String {
+        if self.hide_path {
+            origin_only(&self.url)
+        } else {
+            shown_url(&self.url)
+        }
     }
 
     /// Sends with a fresh, unpooled client: see [`HttpClient`] for why.
@@ -232,9 +249,9 @@ impl HttpClient {
     }
 
     pub async fn send(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
-        let shown = shown_url(&req.url);
+        let shown = req.shown_url();
         let method = req.method.clone();
-        let uri = parse_url(&req.url)?;
+        let uri = parse_url(&req.url, &shown)?;
         let mut builder = http::Request::builder().method(req.method.clone()).uri(uri);
         let mut headers = HeaderMap::new();
         headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
@@ -309,9 +326,9 @@ impl HttpClient {
     }
 }
 
-fn parse_url(url: &str) -> Result<Uri, HttpError> {
+fn parse_url(url: &str, shown: &str) -> Result<Uri, HttpError> {
     let bad = |reason: &str| HttpError::InvalidUrl {
-        url: shown_url(url),
+        url: shown.to_string(),
         reason: reason.into(),
     };
     let uri: Uri = url
@@ -333,6 +350,15 @@ fn shown_url(url: &str) -> String {
         Some((base, _)) => format!("{base}?…"),
         None => url.to_string(),
     }
+}
+
+/// `https://hooks.slack.com/…` from a URL whose path is secret.
+fn origin_only(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| after_scheme + i);
+    format!("{}/…", &url[..end])
 }
 
 /// "client error (Connect): tcp connect error: Connection refused (os error 111)": hyper's
@@ -540,13 +566,18 @@ mod tests {
             shown_url("http://p:9090/api/v1/query?query=secret"),
             "http://p:9090/api/v1/query?…"
         );
-        let e = parse_url("ftp://host/x").unwrap_err();
+        assert_eq!(
+            origin_only("https://hooks.slack.com/services/T0/B0/secret"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(origin_only("http://h:1"), "http://h:1/…");
+        let e = parse_url("ftp://host/x", "ftp://host/x").unwrap_err();
         assert_eq!(
             e.to_string(),
             "`ftp://host/x` is not a usable http(s) URL: the scheme must be http or https"
         );
-        assert!(parse_url("not a url").is_err());
-        assert!(parse_url("http:///path").is_err());
+        assert!(parse_url("not a url", "").is_err());
+        assert!(parse_url("http:///path", "").is_err());
     }
 
     #[tokio::test]

@@ -65,7 +65,9 @@ pub async fn post_event(webhook: &str, payload: &NotifyPayload) -> Result<(), No
         event: kind_words(payload.event).to_string(),
         source,
     };
+    // Chat webhooks carry their secret in the path: errors name only the host.
     HttpRequest::post(webhook)
+        .secret_path()
         .timeout(NOTIFY_TIMEOUT)
         .json(payload)
         .map_err(wrap)?
@@ -79,7 +81,6 @@ pub async fn post_event(webhook: &str, payload: &NotifyPayload) -> Result<(), No
 fn kind_words(kind: EventKind) -> &'static str {
     match kind {
         EventKind::Started => "started",
-        EventKind::WeightChanged => "weight changed",
         EventKind::StepCompleted => "step completed",
         EventKind::Paused => "paused",
         EventKind::Resumed => "resumed",
@@ -187,7 +188,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             format!(
-                "notification of `step completed` for rollout `shop` not delivered: POST http://{addr}/hook: HTTP 404: no such hook"
+                "notification of `step completed` for rollout `shop` not delivered: POST http://{addr}/…: HTTP 404: no such hook"
             )
         );
         let down = closed_port();
