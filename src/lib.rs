@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod analysis;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod controller;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tidegate::cli::{self, AdminClient, CliError, exit};
 use tidegate::config::{Config, LogFormat};
 use tidegate::runtime::{ProxyProcess, Signals};
 
@@ -30,26 +31,85 @@ enum LogFormatArg {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy with a config file (reloads on SIGHUP and on file change; drains on SIGTERM).
+    /// Run proxy, rollout engine and admin API from a config file (local mode). Reloads on
+    /// SIGHUP and on file change; drains on SIGTERM.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// The same as `run` (kept for configs without rollouts).
     Proxy {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// End the current step or pause and go on (`--full`: straight to 100 %).
+    Promote {
+        rollout: String,
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Send all traffic back to stable; the canary stays for inspection.
+    Abort(RolloutArgs),
+    /// Hold the rollout where it is.
+    Pause(RolloutArgs),
+    /// Go on after `pause`, or measure again after an inconclusive analysis.
+    Resume(RolloutArgs),
+    /// Start an aborted rollout again from step 1.
+    Retry(RolloutArgs),
+    /// Start the current rollout again from step 1.
+    Restart(RolloutArgs),
+    /// Show rollouts: all of them as a table, or one in detail.
+    Status {
+        rollout: Option<String>,
+        /// Refresh every second until Ctrl-C.
+        #[arg(long, short)]
+        watch: bool,
+        #[arg(long, short, value_enum, default_value = "human")]
+        output: Output,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Check a config file and exit: 0 when valid, 1 with the file, line and field when not.
     Validate {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Two app versions on loopback, the proxy in front, steady load and a live view.
+    /// Roll a demo app's v2 out over v1 on loopback under steady load, live, then sum up.
     Demo {
-        /// Stop after this long (e.g. 30s); runs until Ctrl-C without it.
-        #[arg(long, value_parser = parse_duration)]
-        duration: Option<Duration>,
+        /// A canary that answers 30 % of requests with 500: watch the automatic rollback.
+        #[arg(long)]
+        bad_canary: bool,
+        /// Keep serving after the rollout ends, until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
     },
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    tidegate::config::parse_duration(s)
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The admin API of the running tidegate.
+    #[arg(long, env = "TIDEGATE_ADMIN", default_value = "http://127.0.0.1:9901")]
+    admin: String,
+    /// File with the admin bearer token (else `TIDEGATE_ADMIN_TOKEN`).
+    #[arg(long, env = "TIDEGATE_ADMIN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct RolloutArgs {
+    rollout: String,
+    #[arg(long, short, value_enum, default_value = "human")]
+    output: Output,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Human,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -70,13 +130,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Proxy { config } => {
+        Command::Run { config } | Command::Proxy { config } => {
             let format = match (cli.log_format, Config::load(&config)) {
                 (Some(f), _) => f,
                 (None, Ok(c)) if c.log.format == LogFormat::Json => LogFormatArg::Json,
                 _ => LogFormatArg::Human,
             };
-            init_logging(format);
+            init_logging(format, "info");
             run_async(async move {
                 let signals = Signals::install()?;
                 let process = ProxyProcess::start(&config).await?;
@@ -88,10 +148,127 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Demo { duration } => {
-            init_logging(cli.log_format.unwrap_or(LogFormatArg::Human));
-            run_async(async move { tidegate::demo::run(duration).await })
+        Command::Promote {
+            rollout,
+            full,
+            admin,
+        } => rollout_command(&admin, &rollout, "promote", full, Output::Human),
+        Command::Abort(a) => rollout_command(&a.admin, &a.rollout, "abort", false, a.output),
+        Command::Pause(a) => rollout_command(&a.admin, &a.rollout, "pause", false, a.output),
+        Command::Resume(a) => rollout_command(&a.admin, &a.rollout, "resume", false, a.output),
+        Command::Retry(a) => rollout_command(&a.admin, &a.rollout, "retry", false, a.output),
+        Command::Restart(a) => rollout_command(&a.admin, &a.rollout, "restart", false, a.output),
+        Command::Status {
+            rollout,
+            watch,
+            output,
+            admin,
+        } => status_command(&admin, rollout.as_deref(), watch, output),
+        Command::Demo {
+            bad_canary,
+            keep_running,
+        } => {
+            // The demo prints its own story; the log only says what goes wrong.
+            init_logging(cli.log_format.unwrap_or(LogFormatArg::Human), "warn");
+            run_async(async move {
+                tidegate::demo::run(tidegate::demo::DemoOptions {
+                    bad_canary,
+                    keep_running,
+                })
+                .await
+            })
         }
+    }
+}
+
+fn client_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()
+}
+
+fn fail(e: CliError) -> ExitCode {
+    eprintln!("error: {}", e.message);
+    ExitCode::from(e.code)
+}
+
+fn rollout_command(
+    admin: &AdminArgs,
+    rollout: &str,
+    verb: &str,
+    full: bool,
+    output: Output,
+) -> ExitCode {
+    let Some(rt) = client_runtime() else {
+        return ExitCode::from(exit::UNREACHABLE);
+    };
+    let result = rt.block_on(async {
+        let client = AdminClient::new(&admin.admin, admin.token_file.as_ref())?;
+        client.command(rollout, verb, full).await
+    });
+    match result {
+        Ok(status) => {
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                ),
+                Output::Human => print!("{}", cli::describe(&status, 3)),
+            }
+            ExitCode::from(exit::OK)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn status_command(
+    admin: &AdminArgs,
+    rollout: Option<&str>,
+    watch: bool,
+    output: Output,
+) -> ExitCode {
+    let Some(rt) = client_runtime() else {
+        return ExitCode::from(exit::UNREACHABLE);
+    };
+    let result: Result<(), CliError> = rt.block_on(async {
+        let client = AdminClient::new(&admin.admin, admin.token_file.as_ref())?;
+        let mut last = String::new();
+        loop {
+            let text = match (rollout, output) {
+                (Some(r), Output::Human) => cli::describe(&client.status(r).await?, 10),
+                (Some(r), Output::Json) => {
+                    serde_json::to_string(&client.status(r).await?).unwrap_or_default() + "\n"
+                }
+                (None, Output::Human) => cli::table(&client.list().await?),
+                (None, Output::Json) => {
+                    serde_json::to_string(&client.list().await?).unwrap_or_default() + "\n"
+                }
+            };
+            if !watch {
+                print!("{text}");
+                return Ok(());
+            }
+            if text != last {
+                match output {
+                    // Redraw in place, like `watch`.
+                    Output::Human => print!("\x1b[2J\x1b[H{text}"),
+                    // One JSON document per change, for scripts.
+                    Output::Json => print!("{text}"),
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                last = text;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => fail(e),
     }
 }
 
@@ -118,9 +295,11 @@ where
     }
 }
 
-fn init_logging(format: LogFormatArg) {
+/// Logs to stderr at `RUST_LOG`'s level, or `default_level`.
+fn init_logging(format: LogFormatArg, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

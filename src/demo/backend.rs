@@ -1,8 +1,10 @@
 //! A tiny HTTP app that says which version it is, and a steady load generator, for the demo and tests.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -82,8 +84,46 @@ async fn answer(
     Ok(resp)
 }
 
+/// What the demo's clients saw.
+#[derive(Default)]
+pub struct LoadTally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    by_version: Mutex<BTreeMap<String, (u64, u64)>>,
+}
+
+impl LoadTally {
+    fn count(&self, version: Option<&str>, ok: bool) {
+        let counter = if ok { &self.ok } else { &self.failed };
+        counter.fetch_add(1, Relaxed);
+        let mut map = self.by_version.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map
+            .entry(version.unwrap_or("none").to_string())
+            .or_default();
+        if ok {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+    }
+
+    /// (answered below 500, failed or 5xx)
+    pub fn totals(&self) -> (u64, u64) {
+        (self.ok.load(Relaxed), self.failed.load(Relaxed))
+    }
+
+    /// `v1: 1200 ok / 0 failed, v2: ...`
+    pub fn by_version(&self) -> String {
+        let map = self.by_version.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(v, (ok, failed))| format!("{v}: {ok} ok / {failed} failed"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Sends about `rate` GET requests per second to `target` until the task is dropped.
-pub async fn steady_load(target: SocketAddr, rate: u32) {
+pub async fn steady_load(target: SocketAddr, rate: u32, tally: Arc<LoadTally>) {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let uri: http::Uri = match format!("http://{target}/").parse() {
         Ok(u) => u,
@@ -95,9 +135,20 @@ pub async fn steady_load(target: SocketAddr, rate: u32) {
         ticker.tick().await;
         let client = client.clone();
         let uri = uri.clone();
+        let tally = tally.clone();
         tokio::spawn(async move {
-            if let Ok(resp) = client.get(uri).await {
-                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            match client.get(uri).await {
+                Ok(resp) => {
+                    let version = resp
+                        .headers()
+                        .get("x-app-version")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let ok = resp.status().as_u16() < 500;
+                    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                    tally.count(version.as_deref(), ok);
+                }
+                Err(_) => tally.count(None, false),
             }
         });
     }

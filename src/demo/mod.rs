@@ -1,79 +1,167 @@
-//! `tidegate demo`: built-in app versions on loopback, the proxy in front, steady load, a live view.
+//! `tidegate demo`: two app versions on loopback, the proxy and rollout engine in front,
+//! steady load, a live view of the rollout, and a summary.
 
 pub mod backend;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crate::config::format_percent;
+use crate::rollout::{Phase, RolloutStatus};
 use crate::runtime::ProxyProcess;
 
-/// The demo's config, with `{STABLE}` and `{CANARY}` replaced by the backends' addresses.
+/// The demo's config; `{STABLE}`, `{CANARY}` become the backends' addresses.
 const DEMO_CONFIG: &str = include_str!("../../config/demo.yaml");
 
-pub async fn run(duration: Option<Duration>) -> Result<(), Box<dyn std::error::Error>> {
+/// What the demo should show.
+#[derive(Debug, Clone, Default)]
+pub struct DemoOptions {
+    /// The canary answers 30 % of requests with 500: watch the automatic rollback.
+    pub bad_canary: bool,
+    /// Keep serving after the rollout ends, until Ctrl-C.
+    pub keep_running: bool,
+}
+
+pub async fn run(options: DemoOptions) -> Result<(), Box<dyn std::error::Error>> {
     let stable = backend::start(backend::AppVersion::new("v1")).await?;
-    let canary = backend::start(backend::AppVersion::new("v2")).await?;
+    let mut v2 = backend::AppVersion::new("v2");
+    if options.bad_canary {
+        v2.error_rate = 0.3;
+    }
+    let canary = backend::start(v2).await?;
+
     let dir = std::env::temp_dir().join(format!("tidegate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let token = format!("{:032x}", fastrand::u128(..));
+    std::fs::write(dir.join("admin.token"), &token)?;
     let path: PathBuf = dir.join("tidegate.yaml");
     let text = DEMO_CONFIG
         .replace("{STABLE}", &stable.to_string())
-        .replace("{CANARY}", &canary.to_string());
+        .replace("{CANARY}", &canary.to_string())
+        .replace("127.0.0.1:8080", &free_or_any("127.0.0.1:8080").to_string())
+        .replace("127.0.0.1:9901", &free_or_any("127.0.0.1:9901").to_string());
     std::fs::write(&path, text)?;
+
     let proxy = ProxyProcess::start(&path).await?;
     let web = proxy
         .listener("web")
         .ok_or("demo config has no `web` listener")?;
-    println!("tidegate demo");
+    let admin = proxy.admin_addr;
     println!(
-        "  proxy      http://{web}/   (try: curl -i http://{web}/ ; curl -H 'x-tidegate-version: canary' http://{web}/)"
+        "tidegate demo: rolling out v2 over v1{}",
+        if options.bad_canary {
+            " (a bad v2: 30% errors)"
+        } else {
+            ""
+        }
     );
-    println!("  metrics    http://{}/metrics", proxy.admin_addr);
+    println!("  traffic   http://{web}/      200 requests/s of built-in load");
+    println!("  canary    curl -H 'x-tidegate-version: v2' http://{web}/");
+    println!("  metrics   http://{admin}/metrics");
     println!(
-        "  config     {}   (edit weights: the proxy reloads on save)",
-        path.display()
+        "  commands  TIDEGATE_ADMIN=http://{admin} TIDEGATE_ADMIN_TOKEN={token} tidegate status app --watch"
     );
-    println!("  stable v1  {stable}    canary v2  {canary}");
-    println!("  sending 200 requests/s; Ctrl-C stops\n");
-    let load = tokio::spawn(backend::steady_load(web, 200));
-    let routes = proxy.routes.clone();
-    let view = tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_secs(2));
-        ticker.tick().await;
-        loop {
-            ticker.tick().await;
-            let table = routes.load_full();
-            for r in &table.routes {
-                let mut line = format!("  route {:<6}", r.name);
-                for v in &r.versions {
-                    let w = v.stats.window(Duration::from_secs(5));
-                    line.push_str(&format!(
-                        " | {} weight {:>5}%  {:>5.0} req/s  errors {:>4.1}%  p99 {:>6}",
-                        v.name,
-                        crate::config::format_percent(u32::from(v.weight)),
-                        w.requests_per_second(),
-                        w.error_rate().unwrap_or(0.0) * 100.0,
-                        w.latency_quantile(0.99)
-                            .map_or("-".to_string(), |d| format!(
-                                "{:.1}ms",
-                                d.as_secs_f64() * 1000.0
-                            )),
-                    ));
-                }
-                println!("{line}");
+    println!("  config    {}\n", path.display());
+
+    let tally = Arc::new(backend::LoadTally::default());
+    let load = tokio::spawn(backend::steady_load(web, 200, tally.clone()));
+    let started = Instant::now();
+    let mut shown = 0;
+    let mut finished_at: Option<Instant> = None;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let outcome = loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::signal::ctrl_c() => break None,
+        }
+        let Some(status) = proxy.controller.status("app") else {
+            continue;
+        };
+        for e in status.history.iter().skip(shown) {
+            println!(
+                "  {:>5.1}s  ** {}",
+                started.elapsed().as_secs_f64(),
+                e.message
+            );
+        }
+        shown = status.history.len();
+        println!(
+            "  {:>5.1}s  {}",
+            started.elapsed().as_secs_f64(),
+            live_line(&proxy, &status)
+        );
+        let done = (status.phase == Phase::Healthy
+            && status.canary.is_none()
+            && status.retiring.is_empty())
+            || status.phase == Phase::Degraded;
+        if done && !options.keep_running {
+            // A few more seconds of traffic show where it settled.
+            match finished_at {
+                None => finished_at = Some(Instant::now()),
+                Some(t) if t.elapsed() >= Duration::from_secs(2) => break Some(status),
+                Some(_) => {}
             }
         }
-    });
-    match duration {
-        Some(d) => tokio::time::sleep(d).await,
-        None => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    };
     load.abort();
-    view.abort();
     proxy.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
-    println!("\ndemo stopped");
+    println!("\n{}", summary(outcome.as_ref(), &tally, started.elapsed()));
     Ok(())
+}
+
+/// The configured address if it is free, else any free loopback port.
+fn free_or_any(addr: &str) -> SocketAddr {
+    match std::net::TcpListener::bind(addr) {
+        Ok(l) => l
+            .local_addr()
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+        Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+    }
+}
+
+fn live_line(proxy: &ProxyProcess, status: &RolloutStatus) -> String {
+    let table = proxy.routes.load_full();
+    let mut line = format!("{:<11}", status.phase.as_str());
+    if let Some(route) = table.route("app") {
+        for v in &route.versions {
+            let w = v.stats.window(Duration::from_secs(3));
+            line.push_str(&format!(
+                " | {} {:>3}% {:>4.0} req/s err {:>5.1}% p99 {:>6}",
+                v.name,
+                format_percent(u32::from(v.weight)),
+                w.requests_per_second(),
+                w.error_rate().unwrap_or(0.0) * 100.0,
+                w.latency_quantile(0.99)
+                    .map_or("-".to_string(), |d| format!(
+                        "{:.1}ms",
+                        d.as_secs_f64() * 1000.0
+                    )),
+            ));
+        }
+    }
+    line
+}
+
+fn summary(outcome: Option<&RolloutStatus>, tally: &backend::LoadTally, took: Duration) -> String {
+    let (ok, failed) = tally.totals();
+    let head = match outcome {
+        Some(s) if s.phase == Phase::Degraded => format!(
+            "rolled back automatically after {:.1}s: {}",
+            took.as_secs_f64(),
+            s.message
+        ),
+        Some(s) => format!(
+            "rollout completed in {:.1}s: {} is stable, the old version drained and was removed",
+            took.as_secs_f64(),
+            s.stable
+        ),
+        None => "demo stopped".to_string(),
+    };
+    format!(
+        "{head}\n  client requests: {ok} answered 2xx-4xx, {failed} answered 5xx or failed\n  by version: {}",
+        tally.by_version()
+    )
 }

@@ -253,18 +253,7 @@ impl Engine {
     }
 
     fn set_weight(&mut self, w: WeightBps) {
-        if self.st.canary_weight != w {
-            let from = self.st.canary_weight;
-            self.st.canary_weight = w;
-            self.event(
-                EventKind::WeightChanged,
-                format!(
-                    "canary weight {}% -> {}%",
-                    format_percent(from.into()),
-                    format_percent(w.into())
-                ),
-            );
-        }
+        self.st.canary_weight = w;
     }
 
     /// Files measurements under their runs; late ones for runs that ended are dropped.

@@ -186,11 +186,7 @@ fn a_new_canary_starts_and_walks_the_steps() {
     );
     assert_eq!(s.status.retiring.len(), 1);
     let kinds = s.kinds();
-    assert!(kinds.starts_with(&[
-        EventKind::Started,
-        EventKind::WeightChanged,
-        EventKind::StepCompleted
-    ]));
+    assert!(kinds.starts_with(&[EventKind::Started, EventKind::StepCompleted]));
     assert_eq!(kinds.last(), Some(&EventKind::Completed));
     let completed = s.status.history.last().unwrap();
     assert!(

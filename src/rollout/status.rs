@@ -91,7 +91,6 @@ pub struct Retiring {
 #[serde(rename_all = "camelCase")]
 pub enum EventKind {
     Started,
-    WeightChanged,
     StepCompleted,
     Paused,
     Resumed,
