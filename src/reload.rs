@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Config, ConfigError};
-use crate::health::ActiveChecks;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::proxy::CertStore;
 use crate::routing::TablePublisher;
@@ -30,7 +29,6 @@ pub struct Reloader {
 }
 
 struct State {
-    checks: ActiveChecks,
     stamp: Option<FileStamp>,
 }
 
@@ -49,7 +47,6 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 }
 
 impl Reloader {
-    /// Starts active health checks for the table in force (call inside a tokio runtime).
     pub fn new(
         path: &Path,
         publisher: Arc<TablePublisher>,
@@ -57,17 +54,13 @@ impl Reloader {
         certs: Vec<Arc<CertStore>>,
         listener: Option<Arc<dyn ConfigListener>>,
     ) -> Reloader {
-        let checks = ActiveChecks::start(publisher.writer().current().probe_targets());
         Reloader {
             path: path.to_path_buf(),
             publisher,
             metrics,
             certs,
             listener,
-            state: Mutex::new(State {
-                checks,
-                stamp: stamp(path),
-            }),
+            state: Mutex::new(State { stamp: stamp(path) }),
         }
     }
 
@@ -113,7 +106,6 @@ impl Reloader {
             listener.applied(&config);
         }
         self.publisher.replace_config(config);
-        state.checks = ActiveChecks::start(self.publisher.writer().current().probe_targets());
         self.metrics.count_config_reload(ReloadResult::Success);
         tracing::info!(file = %self.path.display(), routes, "config reloaded");
         Ok(())

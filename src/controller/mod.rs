@@ -56,6 +56,8 @@ struct Rollout {
     /// Identity of the configured canary's definition.
     revision: String,
     status: RolloutStatus,
+    /// The last save failed: save again at the next decision even without a change.
+    unsaved: bool,
     wake: mpsc::UnboundedSender<Wake>,
     task: AbortHandle,
 }
@@ -219,6 +221,7 @@ impl ConfigListener for Controller {
                             versions,
                             revision,
                             status,
+                            unsaved: false,
                             wake: tx,
                             task,
                         },
@@ -291,12 +294,16 @@ impl Inner {
         }
         let obs = self.observations(route, r, measured);
         let decision = rollout::decide(&r.spec, &r.status, &obs);
-        if decision.status != r.status
-            && let Err(e) = self.store.save(&decision.status)
-        {
-            // Carry on in memory: a rollback must still happen on a full disk. The save is
-            // tried again at the next decision.
-            tracing::error!(rollout = route, error = %e, "rollout status not saved");
+        if decision.status != r.status || r.unsaved {
+            // On failure carry on in memory: a rollback must still happen on a full disk.
+            // The save is tried again at the next decision.
+            r.unsaved = match self.store.save(&decision.status) {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::error!(rollout = route, error = %e, "rollout status not saved; retrying");
+                    true
+                }
+            };
         }
         let requeue = decision.requeue_after;
         self.apply(route, r, decision);

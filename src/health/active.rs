@@ -26,17 +26,42 @@ pub struct ProbeTarget {
 #[derive(Default)]
 pub struct ActiveChecks {
     tasks: Vec<JoinHandle<()>>,
+    /// What is probed, to tell whether a new route table needs new probes.
+    targets: Vec<TargetKey>,
+}
+
+type TargetKey = (std::net::SocketAddr, String, Duration, Duration, u32, u32);
+
+fn key(t: &ProbeTarget) -> TargetKey {
+    (
+        t.endpoint.addr,
+        t.path.clone(),
+        t.interval,
+        t.timeout,
+        t.healthy_threshold,
+        t.unhealthy_threshold,
+    )
 }
 
 impl ActiveChecks {
     /// Starts one probe loop per target on the current tokio runtime. Endpoints keep their
     /// current verdict (new ones start healthy) until the thresholds say otherwise.
     pub fn start(targets: Vec<ProbeTarget>) -> ActiveChecks {
+        let keys = targets.iter().map(key).collect();
         let tasks = targets
             .into_iter()
             .map(|t| tokio::spawn(probe_loop(t)))
             .collect();
-        ActiveChecks { tasks }
+        ActiveChecks {
+            tasks,
+            targets: keys,
+        }
+    }
+
+    /// True when these probes already cover exactly `targets`.
+    pub fn covers(&self, targets: &[ProbeTarget]) -> bool {
+        self.targets.len() == targets.len()
+            && targets.iter().map(key).eq(self.targets.iter().cloned())
     }
 
     pub fn len(&self) -> usize {

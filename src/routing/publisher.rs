@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{RolloutWeights, RouteReader, RouteTable, RouteWriter};
 use crate::config::{Config, WeightBps};
-use crate::health::EndpointRegistry;
+use crate::health::{ActiveChecks, EndpointRegistry};
 use crate::metrics::Metrics;
 
 /// The one place route tables come from: config reloads and rollouts both go through it,
@@ -19,9 +19,13 @@ pub struct TablePublisher {
 struct State {
     config: Arc<Config>,
     weights: RolloutWeights,
+    /// Active health probes of the table in force; a version removed from the table stops
+    /// being probed, a new one starts.
+    checks: ActiveChecks,
 }
 
 impl TablePublisher {
+    /// Builds the first table and starts its health probes (call inside a tokio runtime).
     pub fn new(
         config: Config,
         weights: RolloutWeights,
@@ -29,6 +33,7 @@ impl TablePublisher {
         metrics: Arc<Metrics>,
     ) -> (Arc<TablePublisher>, RouteReader) {
         let table = RouteTable::from_config(&config, &endpoints, &metrics, &weights);
+        let checks = ActiveChecks::start(table.probe_targets());
         let (writer, reader) = RouteWriter::new(table);
         let publisher = TablePublisher {
             writer,
@@ -37,6 +42,7 @@ impl TablePublisher {
             state: Mutex::new(State {
                 config: Arc::new(config),
                 weights,
+                checks,
             }),
         };
         (Arc::new(publisher), reader)
@@ -51,7 +57,7 @@ impl TablePublisher {
     pub fn replace_config(&self, config: Config) {
         let mut state = self.lock();
         state.config = Arc::new(config);
-        self.publish(&state);
+        self.publish(&mut state);
     }
 
     /// Sets the versions a rollout keeps in its route and their weights; publishes on change.
@@ -61,7 +67,7 @@ impl TablePublisher {
             return;
         }
         state.weights.insert(route.to_string(), weights);
-        self.publish(&state);
+        self.publish(&mut state);
     }
 
     /// Direct access for weight changes outside rollouts (tests, tools).
@@ -69,14 +75,18 @@ impl TablePublisher {
         &self.writer
     }
 
-    fn publish(&self, state: &State) {
+    fn publish(&self, state: &mut State) {
         let table = RouteTable::from_config(
             &state.config,
             &self.endpoints,
             &self.metrics,
             &state.weights,
         );
+        let targets = table.probe_targets();
         self.writer.publish(table);
+        if !state.checks.covers(&targets) {
+            state.checks = ActiveChecks::start(targets);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
