@@ -136,11 +136,6 @@ impl MetricTally {
         self.last = Some(m);
     }
 
-    /// Measurements that produced a judgement (errors excluded).
-    pub fn judged(&self) -> u32 {
-        self.successes + self.failures + self.inconclusives
-    }
-
     /// The metric's verdict. `count` is None for a background metric (it never passes by count).
     pub fn verdict(&self, metric: &MetricSpec, count: Option<u32>) -> Verdict {
         let last = self
@@ -166,7 +161,9 @@ impl MetricTally {
             ));
         }
         match count {
-            Some(n) if self.judged() >= n => Verdict::Pass,
+            // Only measurements with a verdict count towards `count`, and a pass needs at
+            // least one success: a run of "no data" never adds up to a pass.
+            Some(n) if self.successes + self.failures >= n && self.successes > 0 => Verdict::Pass,
             _ => Verdict::Running,
         }
     }
@@ -249,6 +246,25 @@ mod tests {
         assert!(
             matches!(t.verdict(&m, Some(3)), Verdict::Fail(r) if r.contains("2 failed measurement(s), limit 1"))
         );
+    }
+
+    #[test]
+    fn inconclusive_measurements_never_add_up_to_a_pass() {
+        let mut m = metric();
+        m.inconclusive_limit = 5;
+        let mut t = MetricTally::default();
+        for _ in 0..4 {
+            t.add(judge(&m, Reading::NoData("empty".into()), 0));
+            assert_eq!(t.verdict(&m, Some(2)), Verdict::Running);
+        }
+        t.add(judge(&m, Reading::Value(0.0), 0));
+        assert_eq!(
+            t.verdict(&m, Some(2)),
+            Verdict::Running,
+            "one judged measurement of two"
+        );
+        t.add(judge(&m, Reading::Value(0.0), 0));
+        assert_eq!(t.verdict(&m, Some(2)), Verdict::Pass);
     }
 
     #[test]
