@@ -51,6 +51,12 @@ impl AdminClient {
                 .ok()
                 .map(|t| t.trim().to_string()),
         };
+        // The admin API is plain HTTP (loopback by default): `--admin 127.0.0.1:9901` means that.
+        let base = if base.contains("://") {
+            base.to_string()
+        } else {
+            format!("http://{base}")
+        };
         Ok(AdminClient {
             base: base.trim_end_matches('/').to_string(),
             token: token.filter(|t| !t.is_empty()),
@@ -68,9 +74,16 @@ impl AdminClient {
         if let Some(t) = &self.token {
             req = req.bearer_token(t);
         }
-        let resp = req.send().await.map_err(|e| CliError {
-            message: format!("cannot reach the admin API: {e}"),
-            code: exit::UNREACHABLE,
+        let resp = req.send().await.map_err(|e| match e {
+            // A malformed `--admin` is the caller's mistake, not an outage.
+            HttpError::InvalidUrl { .. } => CliError {
+                message: format!("bad admin API address: {e}"),
+                code: exit::USAGE,
+            },
+            e => CliError {
+                message: format!("cannot reach the admin API: {e}"),
+                code: exit::UNREACHABLE,
+            },
         })?;
         let body: serde_json::Value =
             serde_json::from_slice(&resp.body).unwrap_or(serde_json::Value::Null);
@@ -103,6 +116,7 @@ impl AdminClient {
         verb: &str,
         full: bool,
     ) -> Result<RolloutStatus, CliError> {
+        check_rollout_name(rollout)?;
         let path = format!(
             "rollouts/{rollout}/{verb}{}",
             if full { "?full=true" } else { "" }
@@ -111,6 +125,7 @@ impl AdminClient {
     }
 
     pub async fn status(&self, rollout: &str) -> Result<RolloutStatus, CliError> {
+        check_rollout_name(rollout)?;
         parse_status(self.call(false, &format!("rollouts/{rollout}")).await?)
     }
 
@@ -121,6 +136,25 @@ impl AdminClient {
                 message: format!("unexpected answer from the admin API: {e}"),
                 code: exit::UNREACHABLE,
             }
+        })
+    }
+}
+
+/// Rollouts are named after routes; anything else could turn into another URL path (`a/abort`).
+fn check_rollout_name(name: &str) -> Result<(), CliError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(CliError {
+            message: format!(
+                "`{name}` is not a rollout name (route names are 1-63 of letters, digits, `-`, `_`, `.`)"
+            ),
+            code: exit::USAGE,
         })
     }
 }

@@ -47,6 +47,8 @@ enum Command {
         rollout: String,
         #[arg(long)]
         full: bool,
+        #[arg(long, short, value_enum, default_value = "human")]
+        output: Output,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -151,8 +153,9 @@ fn main() -> ExitCode {
         Command::Promote {
             rollout,
             full,
+            output,
             admin,
-        } => rollout_command(&admin, &rollout, "promote", full, Output::Human),
+        } => rollout_command(&admin, &rollout, "promote", full, output),
         Command::Abort(a) => rollout_command(&a.admin, &a.rollout, "abort", false, a.output),
         Command::Pause(a) => rollout_command(&a.admin, &a.rollout, "pause", false, a.output),
         Command::Resume(a) => rollout_command(&a.admin, &a.rollout, "resume", false, a.output),
