@@ -238,15 +238,29 @@ fn status_command(
         let client = AdminClient::new(&admin.admin, admin.token_file.as_ref())?;
         let mut last = String::new();
         loop {
-            let text = match (rollout, output) {
-                (Some(r), Output::Human) => cli::describe(&client.status(r).await?, 10),
-                (Some(r), Output::Json) => {
-                    serde_json::to_string(&client.status(r).await?).unwrap_or_default() + "\n"
+            let fetched = match (rollout, output) {
+                (Some(r), Output::Human) => client.status(r).await.map(|s| cli::describe(&s, 10)),
+                (Some(r), Output::Json) => client
+                    .status(r)
+                    .await
+                    .map(|s| serde_json::to_string(&s).unwrap_or_default() + "\n"),
+                (None, Output::Human) => client.list().await.map(|l| cli::table(&l)),
+                (None, Output::Json) => client
+                    .list()
+                    .await
+                    .map(|l| serde_json::to_string(&l).unwrap_or_default() + "\n"),
+            };
+            let text = match fetched {
+                Ok(text) => text,
+                // While watching, a restarting tidegate is a moment to wait out, not the end.
+                Err(e) if watch && e.code == exit::UNREACHABLE && !last.is_empty() => {
+                    eprintln!("admin API unreachable, retrying: {}", e.message);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                    }
                 }
-                (None, Output::Human) => cli::table(&client.list().await?),
-                (None, Output::Json) => {
-                    serde_json::to_string(&client.list().await?).unwrap_or_default() + "\n"
-                }
+                Err(e) => return Err(e),
             };
             if !watch {
                 print!("{text}");

@@ -166,7 +166,14 @@ pub fn handle(
             Ok(json(StatusCode::OK, &status))
         }
         (_, ["rollouts"] | ["rollouts", _]) => Err(ApiError::MethodNotAllowed("only GET here")),
-        (_, ["rollouts", _, _]) => Err(ApiError::MethodNotAllowed("commands are POST")),
+        (
+            _,
+            [
+                "rollouts",
+                _,
+                "promote" | "abort" | "pause" | "resume" | "retry" | "restart",
+            ],
+        ) => Err(ApiError::MethodNotAllowed("commands are POST")),
         _ => Err(ApiError::NotFound(path.to_string())),
     }
 }

@@ -7,7 +7,12 @@ pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     let Some(given) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        // The scheme name is case-insensitive (RFC 9110 §11.1).
+        .and_then(|v| {
+            v.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        })
+        .map(|(_, token)| token)
     else {
         return false;
     };
@@ -35,6 +40,11 @@ mod tests {
         assert!(!bearer_matches(&h, "s3cret"));
         h.insert("authorization", "Bearer s3cret".parse().unwrap());
         assert!(bearer_matches(&h, "s3cret"));
+        h.insert("authorization", "bearer s3cret".parse().unwrap());
+        assert!(
+            bearer_matches(&h, "s3cret"),
+            "the scheme is case-insensitive"
+        );
         for wrong in ["Bearer s3cre", "Bearer s3cret2", "Basic s3cret", "Bearer "] {
             h.insert("authorization", wrong.parse().unwrap());
             assert!(!bearer_matches(&h, "s3cret"), "{wrong}");

@@ -496,7 +496,11 @@ impl Engine {
                 self.abort(format!("background analysis failed: {why}"));
                 true
             }
-            Verdict::Inconclusive(why) if self.st.phase != Phase::Paused => {
+            // Also when already paused at a step or by hand: an inconclusive metric stops being
+            // measured, so the human waiting there must hear that nothing watches the canary.
+            Verdict::Inconclusive(why)
+                if self.st.pause.as_ref().map(|p| p.reason) != Some(PauseReason::Inconclusive) =>
+            {
                 self.pause(
                     PauseReason::Inconclusive,
                     format!("background analysis inconclusive, waiting for a human: {why}"),
@@ -567,6 +571,9 @@ impl Engine {
                     EventKind::Removed,
                     format!("`{}` removed from the route ({how})", r.version),
                 );
+                if self.st.phase == Phase::Healthy && self.st.canary.is_none() {
+                    self.st.message = format!("`{}` is stable", self.st.stable);
+                }
             } else {
                 // Poll while requests drain; wake exactly at the deadlines.
                 self.wake(
