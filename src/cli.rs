@@ -142,12 +142,7 @@ impl AdminClient {
 
 /// Rollouts are named after routes; anything else could turn into another URL path (`a/abort`).
 fn check_rollout_name(name: &str) -> Result<(), CliError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
+    if crate::config::is_valid_name(name) {
         Ok(())
     } else {
         Err(CliError {

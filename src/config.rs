@@ -642,13 +642,18 @@ pub fn format_percent(bps: u32) -> String {
     }
 }
 
-fn check_name(name: &str, field: &str) -> Result<(), (String, String)> {
-    let ok = !name.is_empty()
+/// Names of listeners, routes and versions: 1-63 of letters, digits, `-`, `_`, `.`. They
+/// appear in metrics labels, URLs and state file names.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 63
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn check_name(name: &str, field: &str) -> Result<(), (String, String)> {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err((
