@@ -442,6 +442,47 @@ fn background_analysis_watches_from_its_starting_step_and_through_pauses() {
 }
 
 #[test]
+fn background_analysis_going_inconclusive_at_a_pause_step_tells_the_human() {
+    let mut s = Sim::new(BACKGROUND);
+    s.tick();
+    s.advance(600 * SEC);
+    s.measure(Reading::Value(0.0));
+    assert_eq!(
+        s.status.pause.as_ref().map(|p| p.reason),
+        Some(PauseReason::Step)
+    );
+    s.advance(SEC);
+    s.measure(Reading::NoData("0 requests in the last 5s".into()));
+    assert_eq!((s.status.phase, s.weight()), (Phase::Paused, 5000));
+    assert_eq!(
+        s.status.pause.as_ref().map(|p| p.reason),
+        Some(PauseReason::Inconclusive),
+        "the canary is no longer watched: say so"
+    );
+    assert!(
+        s.status
+            .message
+            .starts_with("background analysis inconclusive, waiting for a human"),
+        "{}",
+        s.status.message
+    );
+    assert_eq!(s.kinds().last(), Some(&EventKind::Paused));
+    let events = s.status.history.len();
+    s.advance(SEC);
+    assert_eq!(s.status.history.len(), events, "told once");
+
+    // resume watches again and goes back to waiting at the step
+    s.cmd(Command::Resume).unwrap();
+    assert_eq!(
+        s.status.pause.as_ref().map(|p| p.reason),
+        Some(PauseReason::Step)
+    );
+    s.advance(SEC);
+    s.measure(Reading::Value(0.02));
+    assert_eq!((s.status.phase, s.weight()), (Phase::Degraded, 0));
+}
+
+#[test]
 fn analysis_with_no_measurements_hits_the_progress_deadline() {
     let mut s = Sim::new(&format!("{ANALYSIS}progressDeadline: 1m\n"));
     s.tick();
