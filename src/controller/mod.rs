@@ -358,6 +358,8 @@ impl Inner {
                     effects::measure(self, route, r, run_id, *metric, index, r.wake.clone());
                 }
                 rollout::Effect::Remove { version } => {
+                    // Past its drain timeout nothing more waits for the old version.
+                    self.metrics.version(route, &version).close_tunnels();
                     if let Some(cmd) = &r.spec.on_remove {
                         effects::on_remove(cmd.clone(), route.to_string(), version);
                     }

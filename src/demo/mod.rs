@@ -25,8 +25,13 @@ pub struct DemoOptions {
 }
 
 pub async fn run(options: DemoOptions) -> Result<(), Box<dyn std::error::Error>> {
-    let stable = backend::start(backend::AppVersion::new("v1")).await?;
+    // A couple of milliseconds of work per request, like a real app: latency ratios between
+    // versions then mean something even on a busy machine.
+    let mut v1 = backend::AppVersion::new("v1");
+    v1.latency = Duration::from_millis(2);
+    let stable = backend::start(v1).await?;
     let mut v2 = backend::AppVersion::new("v2");
+    v2.latency = Duration::from_millis(2);
     if options.bad_canary {
         v2.error_rate = 0.3;
     }

@@ -29,11 +29,19 @@ pub struct VersionStats {
     /// Requests whose response is still streaming, plus open upgraded connections: what a
     /// drain waits for.
     active: AtomicU64,
+    /// Bumped when the version is removed with tunnels still open: they close.
+    closing: tokio::sync::watch::Sender<u64>,
     window: Window,
 }
 
 /// Counts one request (or tunnel) as active on its version until dropped.
 pub struct ActiveGuard(Arc<VersionStats>);
+
+impl ActiveGuard {
+    pub fn stats(&self) -> &Arc<VersionStats> {
+        &self.0
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -59,6 +67,7 @@ impl VersionStats {
             latency_sum_micros: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
             active: AtomicU64::new(0),
+            closing: tokio::sync::watch::Sender::new(0),
             window: Window::default(),
         }
     }
@@ -77,6 +86,20 @@ impl VersionStats {
     pub fn begin(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Relaxed);
         ActiveGuard(self.clone())
+    }
+
+    /// Resolves when the version is removed (see `close_tunnels`).
+    pub fn removed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.changed().await;
+        }
+    }
+
+    /// Ends the upgraded connections still open on this version: it has been removed after
+    /// its drain timeout.
+    pub fn close_tunnels(&self) {
+        self.closing.send_modify(|n| *n += 1);
     }
 
     /// Requests streaming and tunnels open on this version now.

@@ -273,7 +273,8 @@ impl Worker {
     }
 
     /// Copies bytes both ways between the upgraded client and upstream connections until
-    /// either side closes; counted by the drain tracker so shutdown waits for it.
+    /// either side closes (or the version is removed after its drain timeout); counted by the
+    /// drain tracker so shutdown waits for it.
     fn spawn_tunnel(
         &self,
         client: hyper::upgrade::OnUpgrade,
@@ -281,6 +282,8 @@ impl Worker {
         active: ActiveGuard,
     ) {
         let guard = self.drain.enter();
+        // Subscribed now, so a removal from here on closes this tunnel.
+        let removed = active.stats().removed();
         tokio::spawn(async move {
             let _guards = (guard, active);
             let (client, upstream) = match tokio::try_join!(client, upstream) {
@@ -292,8 +295,13 @@ impl Worker {
             };
             let mut client = TokioIo::new(client);
             let mut upstream = TokioIo::new(upstream);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "upgraded connection ended with an error");
+                    }
+                }
+                _ = removed => tracing::debug!("version removed after its drain timeout: upgraded connection closed"),
             }
         });
     }

@@ -192,7 +192,7 @@ impl RolloutStatus {
     }
 
     /// Weight of each version in `versions` (basis points): stable and canary share the
-    /// route, every other version gets 0. Retired versions are left out.
+    /// route, every other version gets 0. Draining and removed versions are left out.
     pub fn weights<'a>(
         &self,
         versions: impl IntoIterator<Item = &'a str>,
@@ -205,7 +205,12 @@ impl RolloutStatus {
         };
         versions
             .into_iter()
-            .filter(|v| !self.retired.iter().any(|r| r == v))
+            // Versions draining or removed leave the route table at once: no new request can
+            // reach them, not even by cookie or version header; in-flight ones finish.
+            .filter(|v| {
+                !self.retired.iter().any(|r| r == v)
+                    && !self.retiring.iter().any(|r| r.version == *v)
+            })
             .map(|v| {
                 let w = if v == self.stable {
                     FULL_WEIGHT - canary_weight

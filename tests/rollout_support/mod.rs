@@ -434,6 +434,19 @@ impl Talker {
         );
     }
 
+    /// Waits for the tunnel to be closed by the proxy; returns the messages echoed before.
+    pub async fn broken(self) -> u64 {
+        let result = tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the proxy closes the tunnel within 10 s")
+            .expect("tunnel task");
+        assert!(
+            result.is_err(),
+            "the tunnel was expected to be closed by the proxy"
+        );
+        self.exchanged.load(SeqCst)
+    }
+
     /// Stops talking; the tunnel must have stayed intact throughout.
     pub async fn stop(self) -> Tunnel {
         let _ = self.stop.send(true);
