@@ -229,6 +229,9 @@ impl WorkerCtx {
                 .timer(TokioTimer::new())
                 .header_read_timeout(self.settings.header_read_timeout)
                 .max_buf_size(self.settings.max_header_bytes + 4096)
+                // Heads and small bodies copied into one buffer: measured cheaper per request
+                // than vectored writes of many small pieces.
+                .writev(false)
                 .keep_alive(true);
             http.http2()
                 .timer(TokioTimer::new())

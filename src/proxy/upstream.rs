@@ -1,18 +1,16 @@
-//! Upstream connections, one set per worker thread: a pooled HTTP/1.1 client and one
+//! Upstream connections, one set per worker thread: pooled HTTP/1.1 connections and one
 //! multiplexed h2c connection per endpoint.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, Uri};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
@@ -39,24 +37,17 @@ pub enum UpstreamError {
 }
 
 pub struct Upstreams {
-    http1: Client<HttpConnector, UpstreamBody>,
+    http1: Arc<H1Pool>,
     http2: H2Connections,
 }
 
 impl Upstreams {
     pub fn new(s: PoolSettings) -> Upstreams {
-        let mut connector = HttpConnector::new();
-        // hyper's connector leaves Nagle on; a proxy must not add 40 ms stalls.
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(s.connect_timeout));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(s.idle_timeout)
-            .pool_max_idle_per_host(s.max_idle_per_endpoint)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         Upstreams {
-            http1,
+            http1: Arc::new(H1Pool {
+                idle: Mutex::new(IdleConnections::default()),
+                settings: s,
+            }),
             http2: H2Connections {
                 by_endpoint: Mutex::new(HashMap::new()),
                 connect_timeout: s.connect_timeout,
@@ -64,9 +55,8 @@ impl Upstreams {
         }
     }
 
-    /// Sends `req` to `endpoint`. For HTTP/1.1 the URI must carry the endpoint as authority;
-    /// for HTTP/2 the URI authority becomes `:authority` (the client's host) and the
-    /// connection is chosen by `endpoint`.
+    /// Sends `req` to `endpoint`. For HTTP/1.1 the URI is sent in origin form and the client's
+    /// `Host` header names the site; for HTTP/2 the URI authority becomes `:authority`.
     #[inline]
     pub async fn send(
         &self,
@@ -75,14 +65,122 @@ impl Upstreams {
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         match protocol {
-            UpstreamProtocol::Http1 => self.http1.request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    UpstreamError::Connect(cause(&e))
-                } else {
-                    UpstreamError::Failed(cause(&e))
-                }
-            }),
+            UpstreamProtocol::Http1 => H1Pool::send(&self.http1, endpoint, req).await,
             UpstreamProtocol::Http2 => self.http2.send(endpoint, req).await,
+        }
+    }
+}
+
+/// Idle HTTP/1.1 connections by endpoint, kept by hand: a request takes the most recently
+/// used one (warm), hands it back when its response has been read, and connections idle
+/// longer than `idle_timeout` are closed before the upstream's own keep-alive timeout can
+/// race a request.
+struct H1Pool {
+    idle: Mutex<IdleConnections>,
+    settings: PoolSettings,
+}
+
+#[derive(Default)]
+struct IdleConnections {
+    /// A worker talks to few endpoints: a short list beats hashing.
+    by_endpoint: Vec<(SocketAddr, Vec<(H1Sender, Instant)>)>,
+    last_sweep: Option<Instant>,
+}
+
+type H1Sender = hyper::client::conn::http1::SendRequest<UpstreamBody>;
+
+impl H1Pool {
+    fn take(&self, endpoint: SocketAddr) -> Option<H1Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let timeout = self.settings.idle_timeout;
+        let list = &mut idle.by_endpoint.iter_mut().find(|(a, _)| *a == endpoint)?.1;
+        while let Some((sender, since)) = list.pop() {
+            if since.elapsed() < timeout && sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, endpoint: SocketAddr, sender: H1Sender) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let timeout = self.settings.idle_timeout;
+        // Now and then drop connections idle too long everywhere, endpoints gone from the
+        // route table included: dropping the sender closes the connection.
+        if idle.last_sweep.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            idle.last_sweep = Some(now);
+            for (_, list) in &mut idle.by_endpoint {
+                list.retain(|(s, since)| now.duration_since(*since) < timeout && !s.is_closed());
+            }
+            idle.by_endpoint.retain(|(_, list)| !list.is_empty());
+        }
+        match idle.by_endpoint.iter_mut().find(|(a, _)| *a == endpoint) {
+            Some((_, list)) if list.len() < self.settings.max_idle_per_endpoint => list.push((sender, now)),
+            Some(_) => {}
+            None if self.settings.max_idle_per_endpoint > 0 => idle.by_endpoint.push((endpoint, vec![(sender, now)])),
+            None => {}
+        }
+    }
+
+    async fn connect(&self, endpoint: SocketAddr) -> Result<H1Sender, UpstreamError> {
+        let limit = self.settings.connect_timeout;
+        let stream = tokio::time::timeout(limit, TcpStream::connect(endpoint))
+            .await
+            .map_err(|_| UpstreamError::Connect(format!("connect timed out after {limit:?}")))?
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        // Nagle would add 40 ms stalls to small writes.
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            // Small heads and bodies are copied into one buffer: fewer, cheaper writes.
+            .writev(false)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(format!("handshake: {}", cause(&e))))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%endpoint, error = %e, "upstream connection closed");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send(
+        this: &Arc<H1Pool>,
+        endpoint: SocketAddr,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        // HTTP/1.1 sends the path only; the Host header names the site.
+        if let Some(pq) = req.uri().path_and_query().cloned() {
+            *req.uri_mut() = Uri::from(pq);
+        }
+        let (mut sender, mut reused) = match this.take(endpoint) {
+            Some(s) => (s, true),
+            None => (this.connect(endpoint).await?, false),
+        };
+        loop {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    // Back to the pool once the response has been read in full.
+                    let pool = this.clone();
+                    tokio::spawn(async move {
+                        if sender.ready().await.is_ok() {
+                            pool.put(endpoint, sender);
+                        }
+                    });
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // A pooled connection the upstream closed as the request went to it: the
+                    // request never left, so it goes out on a fresh connection.
+                    Some(unsent) if reused => {
+                        req = unsent;
+                        sender = this.connect(endpoint).await?;
+                        reused = false;
+                    }
+                    _ => return Err(UpstreamError::Failed(cause(e.error()))),
+                },
+            }
         }
     }
 }
