@@ -74,12 +74,19 @@ impl VersionStats {
 
     /// Counts one response (from the upstream, or tidegate's own 5xx on its behalf).
     pub fn record(&self, status: u16, latency: Duration) {
+        self.record_at(status, latency, clock::now_ms());
+    }
+
+    /// `record` with the clock already read (milliseconds since start, `clock::ms_at`): the
+    /// request path reads the clock as few times as it can.
+    #[inline]
+    pub fn record_at(&self, status: u16, latency: Duration, now_ms: u64) {
         let micros = latency.as_micros() as u64;
         self.by_class[usize::from(status / 100).clamp(1, 5) - 1].fetch_add(1, Relaxed);
         let b = BOUNDS_MICROS.partition_point(|&bound| bound < micros);
         self.latency_buckets[b].fetch_add(1, Relaxed);
         self.latency_sum_micros.fetch_add(micros, Relaxed);
-        self.window.record(clock::now_ms(), status, micros);
+        self.window.record(now_ms, status, micros);
     }
 
     /// Marks a request active until the guard drops (with its response body or tunnel).

@@ -190,12 +190,14 @@ impl Worker {
         };
 
         let status = resp.status();
+        let end = Instant::now();
+        let end_ms = clock::ms_at(end);
         if status.is_server_error() {
-            endpoint.record_failure(&target.passive, clock::now_ms());
+            endpoint.record_failure(&target.passive, end_ms);
         } else {
             endpoint.record_success();
         }
-        stats.record(status.as_u16(), start.elapsed());
+        stats.record_at(status.as_u16(), end.duration_since(start), end_ms);
 
         if status == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_side) = client_upgrade else {

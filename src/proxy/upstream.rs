@@ -108,7 +108,10 @@ impl H1Pool {
         let timeout = self.settings.idle_timeout;
         // Now and then drop connections idle too long everywhere, endpoints gone from the
         // route table included: dropping the sender closes the connection.
-        if idle.last_sweep.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+        if idle
+            .last_sweep
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
             idle.last_sweep = Some(now);
             for (_, list) in &mut idle.by_endpoint {
                 list.retain(|(s, since)| now.duration_since(*since) < timeout && !s.is_closed());
@@ -116,9 +119,13 @@ impl H1Pool {
             idle.by_endpoint.retain(|(_, list)| !list.is_empty());
         }
         match idle.by_endpoint.iter_mut().find(|(a, _)| *a == endpoint) {
-            Some((_, list)) if list.len() < self.settings.max_idle_per_endpoint => list.push((sender, now)),
+            Some((_, list)) if list.len() < self.settings.max_idle_per_endpoint => {
+                list.push((sender, now))
+            }
             Some(_) => {}
-            None if self.settings.max_idle_per_endpoint > 0 => idle.by_endpoint.push((endpoint, vec![(sender, now)])),
+            None if self.settings.max_idle_per_endpoint > 0 => {
+                idle.by_endpoint.push((endpoint, vec![(sender, now)]))
+            }
             None => {}
         }
     }

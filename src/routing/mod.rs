@@ -93,6 +93,8 @@ impl RouteTable {
     /// The first route whose matcher holds for this request.
     #[inline]
     pub fn find(&self, host: Option<&str>, path: &str, headers: &HeaderMap) -> Option<&Arc<Route>> {
+        // The port never matters for host matching: strip it once, not once per route.
+        let host = host.map(strip_port);
         self.routes
             .iter()
             .find(|r| r.matcher.matches(host, path, headers))
@@ -223,11 +225,11 @@ impl Route {
 }
 
 impl RouteMatcher {
+    /// Whether the request matches; `host` comes without its port.
     #[inline]
     pub fn matches(&self, host: Option<&str>, path: &str, headers: &HeaderMap) -> bool {
         if let Some(want) = &self.host {
             let Some(host) = host else { return false };
-            let host = strip_port(host);
             let ok = match want {
                 HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
                 HostMatch::Suffix(s) => {
@@ -270,11 +272,26 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v.trim_matches('"'))
-        })
+        .find_map(|v| find_cookie(v, name))
+}
+
+/// Looks for `name=` at a cookie boundary in one Cookie header, without splitting every
+/// pair: this sits on the request path of sticky routes.
+fn find_cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    let bytes = header.as_bytes();
+    let mut from = 0;
+    while let Some(pos) = header[from..].find(name) {
+        let start = from + pos;
+        let end = start + name.len();
+        let at_boundary = start == 0 || matches!(bytes[start - 1], b' ' | b';' | b'\t');
+        if at_boundary && bytes.get(end) == Some(&b'=') {
+            let rest = &header[end + 1..];
+            let value = rest.split(';').next().unwrap_or("").trim();
+            return Some(value.trim_matches('"'));
+        }
+        from = start + 1;
+    }
+    None
 }
 
 #[cfg(test)]

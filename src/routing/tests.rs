@@ -153,3 +153,13 @@ fn weight_changes_keep_endpoint_state_and_counters() {
     assert!(Arc::ptr_eq(&a.stats, &b.stats));
     assert_eq!(b.weight, 5000);
 }
+
+#[test]
+fn cookies_are_found_at_their_boundaries_only() {
+    let h = headers(&[("cookie", "xtg=v9; a=b;tg=\"canary\" ; c=d")]);
+    assert_eq!(cookie_value(&h, "tg"), Some("canary"));
+    let h = headers(&[("cookie", "atg=x"), ("cookie", "tgx=y; tg=stable")]);
+    assert_eq!(cookie_value(&h, "tg"), Some("stable"));
+    assert_eq!(cookie_value(&headers(&[("cookie", "tg")]), "tg"), None);
+    assert_eq!(cookie_value(&headers(&[("cookie", "tg=")]), "tg"), Some(""));
+}
