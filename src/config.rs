@@ -308,7 +308,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request head (request line plus headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
-    /// Idle pooled connections kept per upstream endpoint.
+    /// Upstream connections kept per endpoint for reuse, busy or idle; under more
+    /// concurrency than this, the extra connections close after their request.
     pub max_idle_per_endpoint: usize,
 }
 
@@ -317,7 +318,7 @@ impl Default for Limits {
         Limits {
             max_connections: 10_000,
             max_header_bytes: 16 * 1024,
-            max_idle_per_endpoint: 64,
+            max_idle_per_endpoint: 256,
         }
     }
 }

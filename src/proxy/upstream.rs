@@ -89,19 +89,33 @@ struct IdleConnections {
 
 type H1Sender = hyper::client::conn::http1::SendRequest<UpstreamBody>;
 
+/// Closed, or idle for longer than the idle timeout (a busy connection is never stale).
+fn is_stale(sender: &H1Sender, since: Instant, now: Instant, timeout: Duration) -> bool {
+    sender.is_closed() || (sender.is_ready() && now.duration_since(since) >= timeout)
+}
+
 impl H1Pool {
+    /// A connection to `endpoint` that is idle now. Connections still reading a response
+    /// stay listed (they turn idle on their own); closed or long-idle ones are dropped.
     fn take(&self, endpoint: SocketAddr) -> Option<H1Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let timeout = self.settings.idle_timeout;
         let list = &mut idle.by_endpoint.iter_mut().find(|(a, _)| *a == endpoint)?.1;
-        while let Some((sender, since)) = list.pop() {
-            if since.elapsed() < timeout && sender.is_ready() {
-                return Some(sender);
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            let (sender, since) = &list[i];
+            if is_stale(sender, *since, Instant::now(), timeout) {
+                list.swap_remove(i);
+            } else if sender.is_ready() {
+                return Some(list.swap_remove(i).0);
             }
         }
         None
     }
 
+    /// Lists a connection right after its response head arrived: `take` hands it out again
+    /// once the body has been read, with no task per request waiting for that.
     fn put(&self, endpoint: SocketAddr, sender: H1Sender) {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -114,7 +128,7 @@ impl H1Pool {
         {
             idle.last_sweep = Some(now);
             for (_, list) in &mut idle.by_endpoint {
-                list.retain(|(s, since)| now.duration_since(*since) < timeout && !s.is_closed());
+                list.retain(|(s, since)| !is_stale(s, *since, now, timeout));
             }
             idle.by_endpoint.retain(|(_, list)| !list.is_empty());
         }
@@ -168,13 +182,7 @@ impl H1Pool {
         loop {
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    // Back to the pool once the response has been read in full.
-                    let pool = this.clone();
-                    tokio::spawn(async move {
-                        if sender.ready().await.is_ok() {
-                            pool.put(endpoint, sender);
-                        }
-                    });
+                    this.put(endpoint, sender);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
