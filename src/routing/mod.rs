@@ -271,7 +271,8 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        // std's UTF-8 check runs a word at a time, HeaderValue::to_str a byte at a time.
+        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
         .find_map(|v| find_cookie(v, name))
 }
 
