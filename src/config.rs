@@ -159,6 +159,22 @@ impl RouteConfig {
         })
     }
 
+    /// With a rollout, the stable version before any rollout: `stable` if given, else the
+    /// first version that is not the canary, else the canary itself (a route with one
+    /// version has nothing to roll out).
+    pub fn initial_stable(&self) -> Option<&str> {
+        let spec = self.rollout.as_ref()?;
+        if let Some(s) = spec.stable.as_deref() {
+            return Some(s);
+        }
+        let other = self
+            .versions
+            .iter()
+            .map(|v| v.name.as_str())
+            .find(|v| *v != spec.canary);
+        Some(other.unwrap_or(spec.canary.as_str()))
+    }
+
     /// The header that forces a version: the route's, or the rollout's `headerRoute`.
     pub fn version_header(&self) -> Option<&str> {
         self.version_header.as_deref().or_else(|| {

@@ -205,8 +205,7 @@ impl ConfigListener for Controller {
                 }
                 None => {
                     let status = inner.lock_saved().remove(&route.name).unwrap_or_else(|| {
-                        let stable =
-                            rollout::initial_stable(spec, versions.iter().map(String::as_str));
+                        let stable = route.initial_stable().unwrap_or(spec.canary.as_str());
                         RolloutStatus::new(&route.name, stable, unix_ms())
                     });
                     let (tx, rx) = mpsc::unbounded_channel();

@@ -60,16 +60,7 @@ impl ActiveChecks {
 
     /// True when these probes already cover exactly `targets`.
     pub fn covers(&self, targets: &[ProbeTarget]) -> bool {
-        self.targets.len() == targets.len()
-            && targets.iter().map(key).eq(self.targets.iter().cloned())
-    }
-
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
+        targets.iter().map(key).eq(self.targets.iter().cloned())
     }
 }
 

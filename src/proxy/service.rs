@@ -106,9 +106,14 @@ impl Worker {
         } else {
             target.protocol
         };
-        // HTTP/1.1 names the endpoint in the URI and keeps the client's Host header; HTTP/2
-        // carries the client's host as :authority and picks the connection by endpoint.
-        let authority = match protocol {
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        // HTTP/1.1 sends the path and keeps the client's Host header; HTTP/2 carries the
+        // client's host as :authority. Either way the connection is picked by endpoint.
+        parts.uri = match protocol {
             UpstreamProtocol::Http1 => {
                 parts.version = HttpVersion::HTTP_11;
                 if let Some(h) = &host
@@ -116,24 +121,25 @@ impl Worker {
                 {
                     parts.headers.insert(header::HOST, h.clone());
                 }
-                None
+                Uri::from(path)
             }
             UpstreamProtocol::Http2 => {
                 parts.version = HttpVersion::HTTP_2;
                 parts.headers.remove(header::HOST);
-                host.as_ref()
+                let authority = host
+                    .as_ref()
                     .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                    .unwrap_or_else(|| target.endpoint.authority.clone());
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(authority);
+                uri.path_and_query = Some(path);
+                Uri::from_parts(uri).unwrap_or_default()
             }
         };
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut endpoint = target.endpoint.clone();
         // Only requests that may be retried pay for a copy of their head.
         let mut retry_parts = target.retry_pool.is_some().then(|| parts.clone());
-        parts.uri = upstream_uri(&endpoint, authority.as_ref(), &path);
         let mut up_req = Request::from_parts(parts, Either::Left(body));
         let mut resp = loop {
             let _in_flight = endpoint.begin();
@@ -169,14 +175,13 @@ impl Worker {
                                 .cloned()
                                 .map(|next| (parts, next))
                         });
-                    let Some((mut parts, next)) = next else {
+                    let Some((parts, next)) = next else {
                         return Err(fail(ProxyError::UpstreamUnreachable(
                             endpoint.addr.to_string(),
                         )));
                     };
                     tracing::debug!(from = %endpoint.addr, to = %next.addr, "connect failed, retrying on another endpoint");
                     endpoint = next;
-                    parts.uri = upstream_uri(&endpoint, authority.as_ref(), &path);
                     up_req = Request::from_parts(parts, Either::Right(Empty::new()));
                 }
                 Ok(Err(UpstreamError::Failed(cause))) => {
@@ -307,12 +312,4 @@ impl Worker {
             }
         });
     }
-}
-
-fn upstream_uri(endpoint: &Endpoint, authority: Option<&Authority>, path: &PathAndQuery) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.unwrap_or(&endpoint.authority).clone());
-    parts.path_and_query = Some(path.clone());
-    Uri::from_parts(parts).unwrap_or_default()
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
@@ -55,8 +55,8 @@ impl Upstreams {
         }
     }
 
-    /// Sends `req` to `endpoint`. For HTTP/1.1 the URI is sent in origin form and the client's
-    /// `Host` header names the site; for HTTP/2 the URI authority becomes `:authority`.
+    /// Sends `req` to `endpoint`. For HTTP/1.1 the URI must be in origin form (the `Host`
+    /// header names the site); for HTTP/2 its authority becomes `:authority`.
     #[inline]
     pub async fn send(
         &self,
@@ -171,10 +171,6 @@ impl H1Pool {
         endpoint: SocketAddr,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        // HTTP/1.1 sends the path only; the Host header names the site.
-        if let Some(pq) = req.uri().path_and_query().cloned() {
-            *req.uri_mut() = Uri::from(pq);
-        }
         let (mut sender, mut reused) = match this.take(endpoint) {
             Some(s) => (s, true),
             None => (this.connect(endpoint).await?, false),

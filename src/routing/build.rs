@@ -64,13 +64,21 @@ fn version_weights(
                 .filter_map(|(n, w)| Some((index(n)?, *w)))
                 .collect()
         }
-        (Some(spec), _) => {
-            let stable =
-                crate::rollout::initial_stable(spec, r.versions.iter().map(|v| v.name.as_str()));
+        (Some(_), _) => {
+            let stable = r.initial_stable();
             r.versions
                 .iter()
                 .enumerate()
-                .map(|(i, v)| (i, if v.name == stable { FULL_WEIGHT } else { 0 }))
+                .map(|(i, v)| {
+                    (
+                        i,
+                        if Some(v.name.as_str()) == stable {
+                            FULL_WEIGHT
+                        } else {
+                            0
+                        },
+                    )
+                })
                 .collect()
         }
     }
