@@ -256,7 +256,7 @@ async fn kill9_mid_drain_keeps_the_old_version_out_of_rotation_until_its_origina
         "dropped from the table"
     );
     let marker = fx.cwd().join("removed-v1");
-    control_support::eventually("onRemove runs", WAIT, || {
+    common::eventually("onRemove runs", WAIT, || {
         let exists = marker.exists();
         async move { exists }
     })
@@ -317,7 +317,7 @@ async fn kill9_mid_drain_then_restart_removes_the_old_version_without_waiting_fo
     assert!(at(removed) < since + 20_000, "before the drain timeout");
     assert!(!fx.weights().await.contains_key("v1"));
     let marker = fx.cwd().join("removed-v1");
-    control_support::eventually("onRemove runs", WAIT, || {
+    common::eventually("onRemove runs", WAIT, || {
         let exists = marker.exists();
         async move { exists }
     })
@@ -745,12 +745,12 @@ async fn cli_status_shows_a_table_a_detail_json_and_watches_the_rollout_move() {
     // The watchers follow the rollout to its last pause.
     fx.wait_status(&t, "the last pause", WAIT, |s| phase(s) == "Paused")
         .await;
-    control_support::eventually("the watch shows 30 %", WAIT, || {
+    common::eventually("the watch shows 30 %", WAIT, || {
         let seen = shown_weights(&human_out.lock().expect("output lock"));
         async move { seen.last().map(String::as_str) == Some("30%") }
     })
     .await;
-    control_support::eventually("the JSON watch shows 30 %", WAIT, || {
+    common::eventually("the JSON watch shows 30 %", WAIT, || {
         let last = json_out
             .lock()
             .expect("output lock")

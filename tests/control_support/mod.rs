@@ -2,7 +2,6 @@
 //! writes, requests with headers, and backends that fail, stall or answer health checks.
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,24 +19,6 @@ use tokio::sync::{Notify, watch};
 use crate::common::serve;
 
 pub type HttpClient = Client<HttpConnector, Empty<Bytes>>;
-
-/// Polls `check` until it holds; fails the test with `what` when `limit` passes first.
-pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let waited = tokio::time::timeout(limit, async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(
-        waited.is_ok(),
-        "timed out after {limit:?} waiting for {what}"
-    );
-}
 
 /// Replaces `path` in one rename, so a file watcher never reads a half-written file.
 pub fn write_atomically(path: &Path, text: &str) {

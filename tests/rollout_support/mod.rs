@@ -3,7 +3,6 @@
 //! upgraded-connection client; a webhook receiver; waiting on rollout status with deadlines.
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -20,6 +19,8 @@ use tidegate::runtime::ProxyProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+
+pub use crate::common::eventually;
 use tokio::task::JoinHandle;
 
 use crate::common::serve;
@@ -524,24 +525,6 @@ impl Webhook {
             .find(|e| e["event"] == kind)
             .expect("event")
     }
-}
-
-/// Polls `check` every 5 ms until it holds; fails the test with `what` when `limit` passes first.
-pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let waited = tokio::time::timeout(limit, async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    assert!(
-        waited.is_ok(),
-        "timed out after {limit:?} waiting for {what}"
-    );
 }
 
 /// Waits until the rollout of `route` satisfies `cond`, and returns that status. On timeout
