@@ -5,6 +5,7 @@ mod publisher;
 mod schedule;
 mod writer;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,8 +94,18 @@ impl RouteTable {
     /// The first route whose matcher holds for this request.
     #[inline]
     pub fn find(&self, host: Option<&str>, path: &str, headers: &HeaderMap) -> Option<&Arc<Route>> {
-        // The port never matters for host matching: strip it once, not once per route.
-        let host = host.map(strip_port);
+        // Port and case never matter for host matching: normalise once, not once per route.
+        // Matchers hold lowercase hosts, so they compare bytes.
+        let host = host.map(strip_port).map(|h| {
+            if h.bytes()
+                .fold(false, |upper, b| upper | b.is_ascii_uppercase())
+            {
+                Cow::Owned(h.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(h)
+            }
+        });
+        let host = host.as_deref();
         self.routes
             .iter()
             .find(|r| r.matcher.matches(host, path, headers))
@@ -225,18 +236,14 @@ impl Route {
 }
 
 impl RouteMatcher {
-    /// Whether the request matches; `host` comes without its port.
+    /// Whether the request matches; `host` comes lowercase and without its port.
     #[inline]
     pub fn matches(&self, host: Option<&str>, path: &str, headers: &HeaderMap) -> bool {
         if let Some(want) = &self.host {
             let Some(host) = host else { return false };
             let ok = match want {
-                HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
-                HostMatch::Suffix(s) => {
-                    host.len() > s.len()
-                        && host.is_char_boundary(host.len() - s.len())
-                        && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
-                }
+                HostMatch::Exact(h) => host == h,
+                HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
             };
             if !ok {
                 return false;
@@ -263,7 +270,12 @@ fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
     }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
+    // A port has at most five digits, so only the last six bytes can hold its colon.
+    let tail = host.len().saturating_sub(6);
+    match host.as_bytes()[tail..].iter().rposition(|&b| b == b':') {
+        Some(i) => &host[..tail + i],
+        None => host,
+    }
 }
 
 /// The value of cookie `name` in the request's Cookie headers.
@@ -271,28 +283,31 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        // std's UTF-8 check runs a word at a time, HeaderValue::to_str a byte at a time.
-        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .find_map(|v| find_cookie(v, name))
+        .find_map(|v| find_cookie(v.as_bytes(), name.as_bytes()))
+        // Only the value found is checked for UTF-8, not the whole header.
+        .and_then(|v| std::str::from_utf8(v).ok())
 }
 
-/// Looks for `name=` at a cookie boundary in one Cookie header, without splitting every
-/// pair: this sits on the request path of sticky routes.
-fn find_cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    let bytes = header.as_bytes();
-    let mut from = 0;
-    while let Some(pos) = header[from..].find(name) {
-        let start = from + pos;
-        let end = start + name.len();
-        let at_boundary = start == 0 || matches!(bytes[start - 1], b' ' | b';' | b'\t');
-        if at_boundary && bytes.get(end) == Some(&b'=') {
-            let rest = &header[end + 1..];
-            let value = rest.split(';').next().unwrap_or("").trim();
-            return Some(value.trim_matches('"'));
+/// Looks for `name=` at the start of a `;`-separated pair in one Cookie header. A plain
+/// byte walk: this sits on the request path of sticky routes, and a substring searcher
+/// costs more to set up than these short headers take to scan.
+fn find_cookie<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let mut rest = header;
+    loop {
+        let pair_start = rest.iter().position(|&b| b != b' ' && b != b'\t')?;
+        rest = &rest[pair_start..];
+        let pair_end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+        let pair = &rest[..pair_end];
+        if let Some(value) = pair.strip_prefix(name).and_then(|p| p.strip_prefix(b"=")) {
+            let value = value.trim_ascii();
+            let unquoted = value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value);
+            return Some(unquoted);
         }
-        from = start + 1;
+        rest = rest.get(pair_end + 1..)?;
     }
-    None
 }
 
 #[cfg(test)]

@@ -58,6 +58,7 @@ fn matches_host_path_segments_and_headers() {
         "api"
     );
     assert_eq!(route_for(&r, "SHOP.Example.com", "/api", &prod), "api");
+    assert_eq!(route_for(&r, "Shop.EXAMPLE.com:443", "/api", &prod), "api");
     assert_eq!(route_for(&r, "shop.example.com", "/api?x=1", &prod), "api");
     assert_eq!(
         route_for(&r, "shop.example.com", "/apix", &prod),
