@@ -16,24 +16,45 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `Transfer-Encoding` and `Upgrade`.
 /// With `upgrade` the `Upgrade` header and `Connection: upgrade` are kept for the next hop.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if let Some(conn) = headers.remove(header::CONNECTION) {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if upgrade && name.eq_ignore_ascii_case("upgrade") {
-                    continue;
-                }
-                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-                    headers.remove(name);
-                }
-            }
-        }
-        // Repeated Connection headers: remove the rest too.
-        while headers.remove(header::CONNECTION).is_some() {}
+    // One pass over the names says which are present; a removal is a hash lookup, and most
+    // messages carry none of these or only `Connection: keep-alive`.
+    let present = headers
+        .keys()
+        .fold(0u8, |found, k| found | hop_by_hop_bit(k));
+    if present == 0 && !upgrade {
+        return;
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    if let Some(te) = headers.remove(header::TE)
+    if present & CONNECTION != 0 {
+        // Options that name no header (or one removed below anyway) need no lookup.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+                    && !t.eq_ignore_ascii_case(b"close")
+                    && !t.eq_ignore_ascii_case(b"upgrade")
+            })
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    if present & KEEP_ALIVE_BIT != 0 {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if present & PROXY_CONNECTION_BIT != 0 {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if present & TRANSFER_ENCODING != 0 {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if present & TE != 0
+        && let Some(te) = headers.remove(header::TE)
         && te.to_str().is_ok_and(|t| {
             t.split(',')
                 .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
@@ -43,8 +64,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & UPGRADE != 0 {
         headers.remove(header::UPGRADE);
+    }
+}
+
+const CONNECTION: u8 = 1;
+const KEEP_ALIVE_BIT: u8 = 2;
+const PROXY_CONNECTION_BIT: u8 = 4;
+const TE: u8 = 8;
+const TRANSFER_ENCODING: u8 = 16;
+const UPGRADE: u8 = 32;
+
+fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    if name == header::CONNECTION {
+        CONNECTION
+    } else if name == header::TRANSFER_ENCODING {
+        TRANSFER_ENCODING
+    } else if name == header::TE {
+        TE
+    } else if name == header::UPGRADE {
+        UPGRADE
+    } else if name == KEEP_ALIVE {
+        KEEP_ALIVE_BIT
+    } else if name == PROXY_CONNECTION {
+        PROXY_CONNECTION_BIT
+    } else {
+        0
     }
 }
 
@@ -148,6 +194,15 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-kept"], "yes");
+        // Every Connection header counts, not only the first.
+        let mut h = map(&[
+            ("connection", "close"),
+            ("connection", "x-second"),
+            ("x-second", "1"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
     }
 
     #[test]

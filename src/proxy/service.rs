@@ -106,10 +106,10 @@ impl Worker {
         } else {
             target.protocol
         };
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
+        // Taken, not cloned: a clone of a freshly parsed URI allocates.
+        let path = std::mem::take(&mut parts.uri)
+            .into_parts()
+            .path_and_query
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         // HTTP/1.1 sends the path and keeps the client's Host header; HTTP/2 carries the
         // client's host as :authority. Either way the connection is picked by endpoint.

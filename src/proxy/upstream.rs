@@ -101,11 +101,12 @@ impl H1Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let timeout = self.settings.idle_timeout;
         let list = &mut idle.by_endpoint.iter_mut().find(|(a, _)| *a == endpoint)?.1;
+        let now = Instant::now();
         let mut i = list.len();
         while i > 0 {
             i -= 1;
             let (sender, since) = &list[i];
-            if is_stale(sender, *since, Instant::now(), timeout) {
+            if is_stale(sender, *since, now, timeout) {
                 list.swap_remove(i);
             } else if sender.is_ready() {
                 return Some(list.swap_remove(i).0);
