@@ -1202,11 +1202,43 @@ async fn failures_answer_with_a_status_a_plain_cause_and_a_metric() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_request_headers_get_the_connection_closed() {
     let backend = named_backend("ok").await;
+    // Answers after twice the header timeout, and then streams for as long again.
+    let slow = serve(|_req: Request<Incoming>| async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            let _ = tx.send(Frame::data(Bytes::from("slow "))).await;
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            let _ = tx.send(Frame::data(Bytes::from("answer"))).await;
+        });
+        Response::new(body)
+    })
+    .await;
     let proxy = TestProxy::start(&config(
-        &[route("app", "/", &[backend.addr], "", "")],
+        &[
+            route("slow", "/slow", &[slow], "", ""),
+            route("app", "/", &[backend.addr], "", ""),
+        ],
         "timeouts: {request_header: 500ms}",
     ))
     .await;
+
+    // A slow answer is no slow client: the connection stays open while it is sent, and
+    // serves the next request.
+    let mut conn = h1_connection::<Empty<Bytes>>(proxy.addr()).await;
+    let req = Request::get("/slow")
+        .header(header::HOST, "app.test")
+        .body(Empty::new())
+        .expect("request");
+    let resp = within("slow answer", conn.send_request(req))
+        .await
+        .expect("response");
+    let body = within("slow body", resp.into_body().collect())
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(body, "slow answer");
+    assert_eq!(served(&mut conn).await, 200);
 
     // Slow but in time: served.
     let mut idle = Raw::connect(proxy.addr()).await;
@@ -1252,7 +1284,8 @@ async fn slow_request_headers_get_the_connection_closed() {
         ),
         3.0
     );
-    assert_eq!(backend.hits.load(Ordering::SeqCst), 1);
+    // The request after the slow answer, and the slow-but-in-time one.
+    assert_eq!(backend.hits.load(Ordering::SeqCst), 2);
     proxy.process.shutdown().await;
 }
 

@@ -1,4 +1,5 @@
-//! The upstream's response body, relayed as it streams, keeping its version counted as active until done.
+//! The upstream's response body, relayed as it streams, keeping its version counted as active
+//! and its client connection busy until done.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -7,19 +8,23 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::idle::BusyGuard;
 use crate::metrics::ActiveGuard;
 
-/// Drops the version's active count when the body ends or the client goes away.
+/// Drops the version's active count, and lets the connection go idle, when the body ends or
+/// the client goes away.
 pub struct TrackedBody {
     inner: Incoming,
     _active: ActiveGuard,
+    _busy: BusyGuard,
 }
 
 impl TrackedBody {
-    pub fn new(inner: Incoming, active: ActiveGuard) -> TrackedBody {
+    pub fn new(inner: Incoming, active: ActiveGuard, busy: BusyGuard) -> TrackedBody {
         TrackedBody {
             inner,
             _active: active,
+            _busy: busy,
         }
     }
 }

@@ -11,6 +11,7 @@ mod body;
 mod drain;
 pub mod error;
 pub mod headers;
+mod idle;
 mod service;
 pub mod tls;
 pub mod upstream;
@@ -18,7 +19,6 @@ pub mod upstream;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,10 +30,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 
 pub use drain::DrainTracker;
+use idle::{IdleCheck, IdleState};
 pub use service::{ConnInfo, Worker};
 pub use tls::{CertStore, TlsError};
 pub use upstream::PoolSettings;
 
+use crate::clock;
 use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::routing::RouteReader;
@@ -226,8 +228,8 @@ impl WorkerCtx {
             });
             let mut http = auto::Builder::new(TokioExecutor::new());
             http.http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(self.settings.header_read_timeout)
+                // The header timeout is kept per connection (see `idle`), not per request head.
+                .header_read_timeout(None)
                 .max_buf_size(self.settings.max_header_bytes + 4096)
                 // Heads and small bodies copied into one buffer: measured cheaper per request
                 // than vectored writes of many small pieces.
@@ -319,6 +321,7 @@ async fn serve_connection(
     let info = Arc::new(ConnInfo {
         client_ip: headers::ip_header_value(peer.ip()),
         tls: tls.is_some(),
+        idle: Arc::new(IdleState::new(clock::now_ms())),
     });
     match tls {
         None => serve_http(TokioIo::new(stream), info, &ctx).await,
@@ -337,10 +340,8 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let worker = ctx.worker.clone();
-    let got_request = Arc::new(AtomicBool::new(false));
-    let seen = got_request.clone();
+    let idle = info.idle.clone();
     let service = service_fn(move |req| {
-        seen.store(true, Ordering::Relaxed);
         let worker = worker.clone();
         let info = info.clone();
         async move { Ok::<_, Infallible>(worker.handle(info, req).await) }
@@ -348,22 +349,32 @@ where
     let conn = ctx.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut shutdown = ctx.shutdown.clone();
-    // hyper's header read timeout starts only once HTTP/1.1 has been told apart from HTTP/2,
-    // which needs the first bytes: a client that sends nothing, part of the HTTP/2 preface, or
-    // a preface and no request would hold its connection slot forever. So the first request
-    // must also arrive within the header timeout.
-    let first_request = tokio::time::sleep(ctx.header_timeout);
-    tokio::pin!(first_request);
-    let mut awaiting_first = true;
+    // The slow-header and keep-alive guard: an idle HTTP/1.1 connection (and any connection
+    // before its first request: nothing, part of the HTTP/2 preface, a preface and no
+    // request) must bring a request head within the header timeout. See `idle`.
+    let timeout_ms = clock::millis(ctx.header_timeout);
+    let idle_timer = tokio::time::sleep(ctx.header_timeout);
+    tokio::pin!(idle_timer);
+    let mut guarding = true;
     let result = loop {
         tokio::select! {
             r = conn.as_mut() => break r,
-            _ = first_request.as_mut(), if awaiting_first => {
-                awaiting_first = false;
-                if !got_request.load(Ordering::Relaxed) {
-                    ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
-                    tracing::debug!("no request within the header timeout, closing");
-                    return;
+            _ = idle_timer.as_mut(), if guarding => {
+                let now = clock::now_ms();
+                match idle.check(now, timeout_ms) {
+                    IdleCheck::LookAgainAt(at) => idle_timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + Duration::from_millis(at - now)),
+                    IdleCheck::Http2 => guarding = false,
+                    IdleCheck::TimedOut => {
+                        // Closing an idle keep-alive connection is no error; a connection
+                        // whose first request never came is a slow client.
+                        if !idle.got_request() {
+                            ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
+                        }
+                        tracing::debug!("no request head within the header timeout, closing");
+                        return;
+                    }
                 }
             }
             _ = stopped(&mut shutdown) => {
@@ -377,13 +388,6 @@ where
     {
         if e.is_parse_too_large() {
             ctx.worker.metrics.count_error(ErrorKind::HeaderTooLarge);
-        } else if e.is_timeout() {
-            // hyper's header timer also runs while a keep-alive connection sits idle between
-            // requests, and closing an idle connection is no error. Only a connection whose
-            // first request head never completed is counted (a slow later head is not).
-            if !got_request.load(Ordering::Relaxed) {
-                ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
-            }
         } else if e.is_parse() {
             ctx.worker.metrics.count_error(ErrorKind::BadRequest);
         }

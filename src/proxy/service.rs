@@ -15,6 +15,7 @@ use super::body::TrackedBody;
 use super::drain::DrainTracker;
 use super::error::ProxyError;
 use super::headers;
+use super::idle::{BusyGuard, IdleState};
 use super::upstream::{UpstreamError, Upstreams};
 use crate::clock;
 use crate::config::UpstreamProtocol;
@@ -35,6 +36,7 @@ pub struct Worker {
 pub struct ConnInfo {
     pub client_ip: HeaderValue,
     pub tls: bool,
+    pub idle: Arc<IdleState>,
 }
 
 /// Everything decided while the route table was loaded; the table guard is gone after this.
@@ -57,7 +59,8 @@ impl Worker {
         req: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
-        match self.relay(&conn, req, start).await {
+        let busy = BusyGuard::begin(&conn.idle, req.version() == HttpVersion::HTTP_2);
+        match self.relay(&conn, req, start, busy).await {
             Ok(resp) => resp,
             Err((err, stats)) => {
                 self.metrics.count_error(err.kind());
@@ -75,6 +78,7 @@ impl Worker {
         conn: &ConnInfo,
         mut req: Request<Incoming>,
         start: Instant,
+        busy: BusyGuard,
     ) -> Result<Response<ProxyBody>, (ProxyError, Option<Arc<VersionStats>>)> {
         if headers::header_bytes(req.headers()) > self.max_header_bytes {
             return Err((ProxyError::HeaderTooLarge(self.max_header_bytes), None));
@@ -226,7 +230,7 @@ impl Worker {
         }
         Ok(Response::from_parts(
             parts,
-            Either::Left(TrackedBody::new(body, active)),
+            Either::Left(TrackedBody::new(body, active, busy)),
         ))
     }
 
