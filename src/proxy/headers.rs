@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -113,8 +113,10 @@ pub fn add_forwarding(
     tls: bool,
     host: Option<&HeaderValue>,
 ) {
-    match headers.get_mut(&X_FORWARDED_FOR) {
-        Some(existing) => {
+    // Entries, not a lookup and then an insert: each costs a hash of the name.
+    match headers.entry(X_FORWARDED_FOR.clone()) {
+        Entry::Occupied(mut existing) => {
+            let existing = existing.get_mut();
             let mut v = Vec::with_capacity(existing.len() + 2 + client_ip.len());
             v.extend_from_slice(existing.as_bytes());
             v.extend_from_slice(b", ");
@@ -123,8 +125,8 @@ pub fn add_forwarding(
                 *existing = v;
             }
         }
-        None => {
-            headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
+        Entry::Vacant(slot) => {
+            slot.insert(client_ip.clone());
         }
     }
     headers.insert(
@@ -134,18 +136,18 @@ pub fn add_forwarding(
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
-    if !headers.contains_key(&X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID.clone(), new_request_id());
-    }
+    headers
+        .entry(X_REQUEST_ID.clone())
+        .or_insert_with(new_request_id);
 }
 
 /// 32 random hex digits.
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = fastrand::u128(..);
     let mut buf = [0u8; 32];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((n >> (i * 4)) & 0xf) as usize];
+    for (pair, byte) in buf.chunks_exact_mut(2).zip(fastrand::u128(..).to_le_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
