@@ -145,10 +145,12 @@ impl Worker {
         // Only requests that may be retried pay for a copy of their head.
         let mut retry_parts = target.retry_pool.is_some().then(|| parts.clone());
         let mut up_req = Request::from_parts(parts, Either::Left(body));
+        // From the clock read the request started with; a retry gets a full timeout again.
+        let mut deadline = tokio::time::Instant::from_std(start) + target.timeout;
         let mut resp = loop {
             let _in_flight = endpoint.begin();
-            let sent = tokio::time::timeout(
-                target.timeout,
+            let sent = tokio::time::timeout_at(
+                deadline,
                 self.upstreams.send(protocol, endpoint.addr, up_req),
             )
             .await;
@@ -187,6 +189,7 @@ impl Worker {
                     tracing::debug!(from = %endpoint.addr, to = %next.addr, "connect failed, retrying on another endpoint");
                     endpoint = next;
                     up_req = Request::from_parts(parts, Either::Right(Empty::new()));
+                    deadline = tokio::time::Instant::now() + target.timeout;
                 }
                 Ok(Err(UpstreamError::Failed(cause))) => {
                     endpoint.record_failure(&target.passive, clock::now_ms());
