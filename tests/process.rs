@@ -402,7 +402,25 @@ async fn sigterm_stops_accepting_and_drains_requests_and_tunnels_then_exits_0() 
         .await
         .expect("the slow request reaches the upstream");
 
+    // A keep-alive connection that has been served and sits idle.
+    let mut idle = TcpStream::connect(listen).await.expect("connect");
+    idle.write_all(b"GET /app HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .expect("send request");
+    let head = read_head(&mut idle).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = [0u8; 3];
+    idle.read_exact(&mut body).await.expect("read body");
+
     proxy.signal("TERM");
+    // The idle connection is closed when the drain begins (well before the 10 s header
+    // timeout would close it); it holds nothing up.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "idle connection closed at the start of the drain: {read:?} {rest:?}"
+    );
     eventually("the listener refuses new connections", WAIT, || async {
         matches!(
             TcpStream::connect(listen).await,

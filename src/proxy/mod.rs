@@ -17,8 +17,10 @@ pub mod tls;
 pub mod upstream;
 
 use std::convert::Infallible;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -348,7 +350,6 @@ where
     });
     let conn = ctx.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    let mut shutdown = ctx.shutdown.clone();
     // The slow-header and keep-alive guard: an idle HTTP/1.1 connection (and any connection
     // before its first request: nothing, part of the HTTP/2 preface, a preface and no
     // request) must bring a request head within the header timeout. See `idle`.
@@ -356,15 +357,46 @@ where
     let idle_timer = tokio::time::sleep(ctx.header_timeout);
     tokio::pin!(idle_timer);
     let mut guarding = true;
+    let mut shutdown = ctx.shutdown.clone();
+    let shutdown_seen = ctx.shutdown.clone();
+    let stop = stopped(&mut shutdown);
+    tokio::pin!(stop);
+    // The timer and the shutdown signal, once polled, hold this task's waker and wake it when
+    // due. The connection wakes the task a few times per request; on those wake-ups asking
+    // the two whether they are due is cheaper than polling them.
+    let (mut timer_armed, mut stop_armed) = (false, false);
     let result = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            _ = idle_timer.as_mut(), if guarding => {
+        let event = poll_fn(|cx| {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(ConnEvent::Closed(r));
+            }
+            if guarding && (!timer_armed || idle_timer.is_elapsed()) {
+                timer_armed = true;
+                if idle_timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(ConnEvent::IdleCheck);
+                }
+            }
+            if !stop_armed || shutdown_seen.has_changed().unwrap_or(true) {
+                stop_armed = true;
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(ConnEvent::Stop);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            ConnEvent::Closed(r) => break r,
+            ConnEvent::IdleCheck => {
                 let now = clock::now_ms();
                 match idle.check(now, timeout_ms) {
-                    IdleCheck::LookAgainAt(at) => idle_timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + Duration::from_millis(at - now)),
+                    IdleCheck::LookAgainAt(at) => {
+                        idle_timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + Duration::from_millis(at - now));
+                        // Polled again so that it holds the waker for its new deadline.
+                        timer_armed = false;
+                    }
                     IdleCheck::Http2 => guarding = false,
                     IdleCheck::TimedOut => {
                         // Closing an idle keep-alive connection is no error; a connection
@@ -377,7 +409,7 @@ where
                     }
                 }
             }
-            _ = stopped(&mut shutdown) => {
+            ConnEvent::Stop => {
                 conn.as_mut().graceful_shutdown();
                 break conn.as_mut().await;
             }
@@ -393,6 +425,13 @@ where
         }
         tracing::debug!(error = %e, "client connection ended with an error");
     }
+}
+
+/// What ends one wait in `serve_http`.
+enum ConnEvent<R> {
+    Closed(R),
+    IdleCheck,
+    Stop,
 }
 
 /// Resolves once shutdown has begun.
