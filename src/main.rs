@@ -9,11 +9,6 @@ use tidegate::cli::{self, AdminClient, CliError, exit};
 use tidegate::config::{Config, LogFormat};
 use tidegate::runtime::{ProxyProcess, Signals};
 
-// Every request allocates a few small buffers (header maps, read buffers, channel nodes):
-// mimalloc's per-thread free lists serve them with less work than glibc's malloc.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "tidegate",

@@ -145,10 +145,7 @@ pub fn add_forwarding(
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
-    for (pair, byte) in buf
-        .chunks_exact_mut(2)
-        .zip(fastrand::u128(..).to_le_bytes())
-    {
+    for (pair, byte) in buf.chunks_exact_mut(2).zip(fastrand::u128(..).to_le_bytes()) {
         pair[0] = HEX[usize::from(byte >> 4)];
         pair[1] = HEX[usize::from(byte & 0xf)];
     }
