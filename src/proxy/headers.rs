@@ -25,20 +25,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         return;
     }
     if present & CONNECTION != 0 {
-        // Options that name no header (or one removed below anyway) need no lookup.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| {
-                !t.is_empty()
-                    && !t.eq_ignore_ascii_case(b"keep-alive")
-                    && !t.eq_ignore_ascii_case(b"close")
-                    && !t.eq_ignore_ascii_case(b"upgrade")
-            })
-            .filter_map(|t| HeaderName::from_bytes(t).ok())
-            .collect();
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            for option in value.as_bytes().split(|&b| b == b',') {
+                if let Some(name) = named_header(option) {
+                    named.push(name);
+                }
+            }
+        }
         for name in named {
             headers.remove(name);
         }
@@ -67,6 +61,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else if present & UPGRADE != 0 {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// The header a `Connection` option names, if it needs removing on its own: options that
+/// name no header, or one removed anyway, need no lookup.
+fn named_header(option: &[u8]) -> Option<HeaderName> {
+    let option = option.trim_ascii();
+    if option.is_empty()
+        || option.eq_ignore_ascii_case(b"keep-alive")
+        || option.eq_ignore_ascii_case(b"close")
+        || option.eq_ignore_ascii_case(b"upgrade")
+    {
+        return None;
+    }
+    HeaderName::from_bytes(option).ok()
 }
 
 const CONNECTION: u8 = 1;
@@ -145,7 +153,10 @@ pub fn add_forwarding(
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
-    for (pair, byte) in buf.chunks_exact_mut(2).zip(fastrand::u128(..).to_le_bytes()) {
+    for (pair, byte) in buf
+        .chunks_exact_mut(2)
+        .zip(fastrand::u128(..).to_le_bytes())
+    {
         pair[0] = HEX[usize::from(byte >> 4)];
         pair[1] = HEX[usize::from(byte & 0xf)];
     }
