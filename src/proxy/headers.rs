@@ -85,20 +85,15 @@ const TRANSFER_ENCODING: u8 = 16;
 const UPGRADE: u8 = 32;
 
 fn hop_by_hop_bit(name: &HeaderName) -> u8 {
-    if name == header::CONNECTION {
-        CONNECTION
-    } else if name == header::TRANSFER_ENCODING {
-        TRANSFER_ENCODING
-    } else if name == header::TE {
-        TE
-    } else if name == header::UPGRADE {
-        UPGRADE
-    } else if name == KEEP_ALIVE {
-        KEEP_ALIVE_BIT
-    } else if name == PROXY_CONNECTION {
-        PROXY_CONNECTION_BIT
-    } else {
-        0
+    // Names are lowercase; most are rejected on their length alone.
+    match name.as_str() {
+        "connection" => CONNECTION,
+        "keep-alive" => KEEP_ALIVE_BIT,
+        "proxy-connection" => PROXY_CONNECTION_BIT,
+        "te" => TE,
+        "transfer-encoding" => TRANSFER_ENCODING,
+        "upgrade" => UPGRADE,
+        _ => 0,
     }
 }
 
