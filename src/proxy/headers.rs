@@ -24,7 +24,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if present == 0 && !upgrade {
         return;
     }
-    if present & CONNECTION != 0 {
+    if present & CONNECTION_BIT != 0 {
         let mut named: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
             for option in value.as_bytes().split(|&b| b == b',') {
@@ -44,10 +44,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if present & PROXY_CONNECTION_BIT != 0 {
         headers.remove(&PROXY_CONNECTION);
     }
-    if present & TRANSFER_ENCODING != 0 {
+    if present & TRANSFER_ENCODING_BIT != 0 {
         headers.remove(header::TRANSFER_ENCODING);
     }
-    if present & TE != 0
+    if present & TE_BIT != 0
         && let Some(te) = headers.remove(header::TE)
         && te.to_str().is_ok_and(|t| {
             t.split(',')
@@ -58,7 +58,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if present & UPGRADE != 0 {
+    } else if present & UPGRADE_BIT != 0 {
         headers.remove(header::UPGRADE);
     }
 }
@@ -77,22 +77,23 @@ fn named_header(option: &[u8]) -> Option<HeaderName> {
     HeaderName::from_bytes(option).ok()
 }
 
-const CONNECTION: u8 = 1;
+// Which hop-by-hop headers `strip_hop_by_hop`'s one pass found.
+const CONNECTION_BIT: u8 = 1;
 const KEEP_ALIVE_BIT: u8 = 2;
 const PROXY_CONNECTION_BIT: u8 = 4;
-const TE: u8 = 8;
-const TRANSFER_ENCODING: u8 = 16;
-const UPGRADE: u8 = 32;
+const TE_BIT: u8 = 8;
+const TRANSFER_ENCODING_BIT: u8 = 16;
+const UPGRADE_BIT: u8 = 32;
 
 fn hop_by_hop_bit(name: &HeaderName) -> u8 {
     // Names are lowercase; most are rejected on their length alone.
     match name.as_str() {
-        "connection" => CONNECTION,
+        "connection" => CONNECTION_BIT,
         "keep-alive" => KEEP_ALIVE_BIT,
         "proxy-connection" => PROXY_CONNECTION_BIT,
-        "te" => TE,
-        "transfer-encoding" => TRANSFER_ENCODING,
-        "upgrade" => UPGRADE,
+        "te" => TE_BIT,
+        "transfer-encoding" => TRANSFER_ENCODING_BIT,
+        "upgrade" => UPGRADE_BIT,
         _ => 0,
     }
 }

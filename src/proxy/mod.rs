@@ -320,16 +320,19 @@ async fn serve_connection(
 ) {
     let _tracked = ctx.worker.drain.enter();
     let _open = ctx.worker.metrics.connection_opened();
-    let info = Arc::new(ConnInfo {
-        client_ip: headers::ip_header_value(peer.ip()),
-        tls: tls.is_some(),
-        idle: Arc::new(IdleState::new(clock::now_ms())),
-    });
+    // Made once the handshake is done: the first request head gets its full header timeout.
+    let info = |tls: bool| {
+        Arc::new(ConnInfo {
+            client_ip: headers::ip_header_value(peer.ip()),
+            tls,
+            idle: Arc::new(IdleState::new(clock::now_ms())),
+        })
+    };
     match tls {
-        None => serve_http(TokioIo::new(stream), info, &ctx).await,
+        None => serve_http(TokioIo::new(stream), info(false), &ctx).await,
         Some(acceptor) => {
             match tokio::time::timeout(ctx.header_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => serve_http(TokioIo::new(tls_stream), info, &ctx).await,
+                Ok(Ok(tls_stream)) => serve_http(TokioIo::new(tls_stream), info(true), &ctx).await,
                 Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
             }
