@@ -291,7 +291,8 @@ pub struct Timeouts {
     /// TCP connect to an upstream.
     #[serde(deserialize_with = "de_duration")]
     pub connect: Duration,
-    /// A client must send complete request headers within this time (slowloris guard).
+    /// A client must send a complete request head within this time of its connection opening
+    /// or going idle (slowloris guard); an idle HTTP/1.1 keep-alive connection closes after it.
     #[serde(deserialize_with = "de_duration")]
     pub request_header: Duration,
     /// From sending the request upstream to receiving response headers.
