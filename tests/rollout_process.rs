@@ -18,7 +18,7 @@ use hyper::Response;
 use tokio::io::AsyncReadExt;
 
 use common::{named_backend, sample, serve};
-use control_support::{free_port, gated_backend};
+use control_support::{GatedBackend, free_port, gated_backend};
 use rollout_process_support::*;
 
 /// Slack for a timer-driven transition to be observed: decision, save, and polling on two
@@ -189,6 +189,38 @@ async fn kill9_mid_analysis_keeps_the_measurements_taken_and_completes_at_the_co
     assert_eq!(phase(&s), "Paused");
 }
 
+/// Runs the rollout to its pause step, sends a long request that v1 holds, and promotes while
+/// it is in flight: the process, the request, and the status the promotion answered.
+async fn promote_with_a_request_held_by_v1(
+    fx: &Fixture,
+    v1: &GatedBackend,
+) -> (
+    Tidegate,
+    tokio::task::JoinHandle<Result<Reply, String>>,
+    serde_json::Value,
+) {
+    let t = fx.run().await;
+    fx.wait_status(&t, "the pause step", WAIT, |s| phase(s) == "Paused")
+        .await;
+    let url = format!("http://{}/slow", fx.listen);
+    let long = tokio::spawn(async move { try_request(Method::GET, &url, &[]).await });
+    tokio::time::timeout(WAIT, v1.arrived.notified())
+        .await
+        .expect("the long request reaches v1");
+    let s = fx.command("promote").await;
+    (t, long, s)
+}
+
+/// Waits for the `onRemove` command to have created `marker` in the fixture's directory.
+async fn wait_for_on_remove(fx: &Fixture, marker: &str) {
+    let marker = fx.cwd().join(marker);
+    common::eventually("onRemove runs", WAIT, || {
+        let exists = marker.exists();
+        async move { exists }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_mid_drain_keeps_the_old_version_out_of_rotation_until_its_original_removal_time() {
     const DELAY_MS: u64 = 6000;
@@ -199,17 +231,7 @@ async fn kill9_mid_drain_keeps_the_old_version_out_of_rotation_until_its_origina
         v2.addr,
         "steps:\n- pause: {}\ndrainTimeout: 20s\nscaleDownDelay: 6s\nonRemove: touch removed-{version}",
     );
-    let mut t = fx.run().await;
-    fx.wait_status(&t, "the pause step", WAIT, |s| phase(s) == "Paused")
-        .await;
-
-    // A long request holds v1 across the promotion.
-    let url = format!("http://{}/slow", fx.listen);
-    let long = tokio::spawn(async move { try_request(Method::GET, &url, &[]).await });
-    tokio::time::timeout(WAIT, v1.arrived.notified())
-        .await
-        .expect("the long request reaches v1");
-    let s = fx.command("promote").await;
+    let (mut t, long, s) = promote_with_a_request_held_by_v1(&fx, &v1).await;
     assert_eq!((phase(&s), s["stable"].as_str()), ("Healthy", Some("v2")));
     assert_eq!(retiring(&s), ["v1"]);
     let since = s["retiring"][0]["since"].as_u64().expect("since");
@@ -255,12 +277,7 @@ async fn kill9_mid_drain_keeps_the_old_version_out_of_rotation_until_its_origina
         !fx.weights().await.contains_key("v1"),
         "dropped from the table"
     );
-    let marker = fx.cwd().join("removed-v1");
-    common::eventually("onRemove runs", WAIT, || {
-        let exists = marker.exists();
-        async move { exists }
-    })
-    .await;
+    wait_for_on_remove(&fx, "removed-v1").await;
     v1.release.send_replace(true);
 }
 
@@ -274,15 +291,7 @@ async fn kill9_mid_drain_then_restart_removes_the_old_version_without_waiting_fo
         v2.addr,
         "steps:\n- pause: {}\ndrainTimeout: 20s\nonRemove: touch removed-{version}",
     );
-    let mut t = fx.run().await;
-    fx.wait_status(&t, "the pause step", WAIT, |s| phase(s) == "Paused")
-        .await;
-    let url = format!("http://{}/slow", fx.listen);
-    let long = tokio::spawn(async move { try_request(Method::GET, &url, &[]).await });
-    tokio::time::timeout(WAIT, v1.arrived.notified())
-        .await
-        .expect("the long request reaches v1");
-    let s = fx.command("promote").await;
+    let (mut t, long, s) = promote_with_a_request_held_by_v1(&fx, &v1).await;
     let since = s["retiring"][0]["since"].as_u64().expect("since");
 
     // The drain is polled every second: past two polls, only the request in flight keeps v1.
@@ -316,12 +325,7 @@ async fn kill9_mid_drain_then_restart_removes_the_old_version_without_waiting_fo
     );
     assert!(at(removed) < since + 20_000, "before the drain timeout");
     assert!(!fx.weights().await.contains_key("v1"));
-    let marker = fx.cwd().join("removed-v1");
-    common::eventually("onRemove runs", WAIT, || {
-        let exists = marker.exists();
-        async move { exists }
-    })
-    .await;
+    wait_for_on_remove(&fx, "removed-v1").await;
     v1.release.send_replace(true);
 }
 

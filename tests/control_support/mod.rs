@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper::{Request, Response};
+use hyper::{Method, Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::{Notify, watch};
@@ -50,6 +50,11 @@ pub struct Reply {
 }
 
 impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+
     /// The value of cookie `name` set by this response, if any.
     pub fn set_cookie(&self, name: &str) -> Option<String> {
         self.headers
@@ -70,7 +75,17 @@ pub async fn fetch(
     url: &str,
     headers: &[(&str, &str)],
 ) -> Result<Reply, String> {
-    let mut req = Request::get(url);
+    send(client, Method::GET, url, headers).await
+}
+
+/// A request with an empty body and extra headers; transport errors come back as text.
+pub async fn send(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
+    let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }

@@ -9,13 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use http::Method;
-use http_body_util::{BodyExt, Empty};
 use serde_json::Value;
 
 use crate::common::client;
-use crate::control_support::free_port;
+pub use crate::control_support::Reply;
+use crate::control_support::{free_port, send};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tidegate");
 /// How long a debug build on two shared cores may take to come up or answer.
@@ -128,52 +127,18 @@ impl Drop for Tidegate {
     }
 }
 
-/// What an HTTP call answered.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: String,
-}
-
-impl Answer {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
-    }
-}
-
 /// One request with an empty body on a fresh connection (a killed process leaves no stale pool).
 pub async fn try_request(
     method: Method,
     url: &str,
     headers: &[(&str, &str)],
-) -> Result<Answer, String> {
-    let mut req = http::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(WAIT, client().request(req))
+) -> Result<Reply, String> {
+    tokio::time::timeout(WAIT, send(&client(), method, url, headers))
         .await
         .map_err(|_| format!("no answer from {url} within {WAIT:?}"))?
-        .map_err(|e| format!("{e:?}"))?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok(Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
 }
 
-pub async fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Answer {
+pub async fn request(method: Method, url: &str, headers: &[(&str, &str)]) -> Reply {
     try_request(method.clone(), url, headers)
         .await
         .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
@@ -353,7 +318,7 @@ routes:
     }
 
     /// POST a command with `token` (None: no Authorization header).
-    pub async fn post(&self, verb: &str, token: Option<&str>) -> Answer {
+    pub async fn post(&self, verb: &str, token: Option<&str>) -> Reply {
         let auth = token.map(|t| format!("Bearer {t}"));
         let headers: Vec<(&str, &str)> = auth
             .as_deref()
