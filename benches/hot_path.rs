@@ -14,7 +14,8 @@ use tidegate::clock;
 use tidegate::config::Config;
 use tidegate::health::{EndpointRegistry, pick_endpoint};
 use tidegate::metrics::{Metrics, VersionStats};
-use tidegate::proxy::headers::{add_forwarding, ip_header_value, strip_hop_by_hop};
+use tidegate::proxy::forwarding::{Peer, TrustedProxies, add_forwarding};
+use tidegate::proxy::headers::strip_hop_by_hop;
 use tidegate::routing::{RouteTable, RouteWriter};
 
 /// Six routes, matched in order; the benched request takes the third (`checkout`): the two
@@ -195,11 +196,14 @@ fn route_match_and_pick(c: &mut Criterion) {
 }
 
 fn header_rewrite(c: &mut Criterion) {
-    let ip = ip_header_value("10.1.2.3".parse().expect("ip"));
+    let peer = Peer::new(
+        "10.1.2.3".parse().expect("ip"),
+        &std::sync::Arc::new(TrustedProxies::default()),
+    );
     let host = HeaderValue::from_static("shop.example.com:8080");
     let mut g = c.benchmark_group("headers");
     // The request-side rules: hop-by-hop removal (Connection, Keep-Alive, ...), then
-    // X-Forwarded-For appended, -Proto and -Host set, x-request-id generated. The header
+    // X-Forwarded-For appended, X-Real-IP, -Proto and -Host set, x-request-id generated. The header
     // map is cloned outside the timed part.
     g.bench_function("strip_and_forward", |b| {
         let template = browser_request_headers();
@@ -207,7 +211,7 @@ fn header_rewrite(c: &mut Criterion) {
             || template.clone(),
             |h| {
                 strip_hop_by_hop(h, false);
-                add_forwarding(h, &ip, false, Some(&host));
+                add_forwarding(h, &peer, false, Some(&host));
             },
             BatchSize::SmallInput,
         )

@@ -101,6 +101,24 @@ pub struct ListenerConfig {
     /// TLS termination; absent means plain HTTP (HTTP/1.1 and h2c prior knowledge).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Peers (addresses or CIDR ranges) whose forwarding headers are believed: their
+    /// `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` pass, and `X-Real-IP` is read
+    /// from their `X-Forwarded-For`. Anyone else's are replaced. Empty by default.
+    #[serde(default, deserialize_with = "de_ip_ranges")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+fn de_ip_ranges<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| {
+            crate::proxy::forwarding::parse_range(text).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not an IP address or CIDR range (e.g. 10.0.0.0/8)"
+                ))
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

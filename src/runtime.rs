@@ -13,7 +13,9 @@ use crate::config::{Config, ConfigError};
 use crate::controller::Controller;
 use crate::health::EndpointRegistry;
 use crate::metrics::Metrics;
-use crate::proxy::{self, BoundListener, CertStore, ProxyHandle, ProxySettings, TlsError};
+use crate::proxy::{
+    self, BoundListener, CertStore, ProxyHandle, ProxySettings, TlsError, TrustedProxies,
+};
 use crate::reload::Reloader;
 use crate::routing::{RouteReader, RouteWriter, TablePublisher};
 use crate::store::{FileStore, StoreError};
@@ -87,13 +89,18 @@ impl ProxyProcess {
                 }
                 None => None,
             };
-            let b = BoundListener::bind(&l.name, l.listen, settings.workers, tls).map_err(
-                |source| StartError::Bind {
-                    name: l.name.clone(),
-                    addr: l.listen,
-                    source,
-                },
-            )?;
+            let b = BoundListener::bind(
+                &l.name,
+                l.listen,
+                settings.workers,
+                tls,
+                Arc::new(TrustedProxies::new(&l.trusted_proxies)),
+            )
+            .map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.listen,
+                source,
+            })?;
             bound.push(b);
         }
         let admin_listener =

@@ -1075,6 +1075,140 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
     proxy.process.shutdown().await;
 }
 
+/// Every value of header `name` the upstream received, in order.
+fn values(h: &HeaderMap, name: &str) -> Vec<String> {
+    h.get_all(name)
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_string())
+        .collect()
+}
+
+/// A client claiming forwarding headers of its own, several lines each.
+const SPOOFED: &[(&str, &str)] = &[
+    ("x-forwarded-for", "192.0.2.1"),
+    ("x-forwarded-for", "192.0.2.2"),
+    ("x-real-ip", "192.0.2.9"),
+    ("x-forwarded-proto", "https"),
+    ("x-forwarded-proto", "https"),
+    ("x-forwarded-host", "evil.example"),
+    ("forwarded", "for=192.0.2.3;proto=https"),
+];
+
+/// Sends a GET carrying `SPOOFED` over HTTP/1.1 (raw bytes: every line exactly as written)
+/// and over h2c; returns the headers the upstream saw for each.
+async fn spoofed_requests(
+    proxy: &TestProxy,
+    seen: &mut mpsc::UnboundedReceiver<(Version, HeaderMap)>,
+) -> [HeaderMap; 2] {
+    let mut raw = Raw::connect(proxy.addr()).await;
+    let mut head = String::from("GET /xff HTTP/1.1\r\nHost: shop.test\r\n");
+    for (k, v) in SPOOFED {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    raw.send(head.as_bytes()).await;
+    assert_eq!(raw.read_response().await.status, 200);
+    let (_, h1) = seen.recv().await.expect("backend saw the HTTP/1.1 request");
+
+    let h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<Bytes>>();
+    let mut req = Request::get(proxy.url("/xff"));
+    for (k, v) in SPOOFED {
+        req = req.header(*k, *v);
+    }
+    let resp = within(
+        "h2 response",
+        h2.request(req.body(Empty::new()).expect("request")),
+    )
+    .await
+    .expect("h2c request");
+    assert_eq!(resp.version(), Version::HTTP_2);
+    within("body", resp.into_body().collect())
+        .await
+        .expect("body");
+    let (_, h2) = seen.recv().await.expect("backend saw the h2 request");
+    [h1, h2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_forwarding_lines_cannot_spoof_the_client_address() {
+    let (backend, mut seen) = recording_backend(&[]).await;
+    let routes = [route("app", "/", &[backend], "", "")];
+    let proxy = TestProxy::start(&config(&routes, "")).await;
+    for (up, protocol) in spoofed_requests(&proxy, &mut seen)
+        .await
+        .iter()
+        .zip(["HTTP/1.1", "h2c"])
+    {
+        assert_eq!(
+            values(up, "x-forwarded-for"),
+            ["192.0.2.1, 192.0.2.2, 127.0.0.1"],
+            "{protocol}: one line, all values in order, the client's address last"
+        );
+        assert_eq!(values(up, "x-real-ip"), ["127.0.0.1"], "{protocol}");
+        assert_eq!(values(up, "x-forwarded-proto"), ["http"], "{protocol}");
+        assert_eq!(
+            values(up, "x-forwarded-host").len(),
+            1,
+            "{protocol}: {up:?}"
+        );
+        assert_ne!(up["x-forwarded-host"], "evil.example", "{protocol}");
+        assert!(!up.contains_key("forwarded"), "{protocol}: {up:?}");
+    }
+    // Two Host lines could be routed by one and served by the other: refused (RFC 9112 §3.2).
+    let mut raw = Raw::connect(proxy.addr()).await;
+    raw.send(b"GET /xff HTTP/1.1\r\nHost: shop.test\r\nHost: admin.test\r\n\r\n")
+        .await;
+    let resp = raw.read_response().await;
+    assert_eq!(resp.status, 400);
+    assert_eq!(
+        String::from_utf8_lossy(&resp.body),
+        "tidegate: bad request: more than one Host header\n"
+    );
+    assert!(seen.try_recv().is_err(), "the upstream never saw it");
+    proxy.process.shutdown().await;
+
+    // The same client as a trusted proxy: its account of the client is believed.
+    let trusting = config(&routes, "").replace(
+        r#"listen: "127.0.0.1:0"}]"#,
+        r#"listen: "127.0.0.1:0", trusted_proxies: [127.0.0.0/8]}]"#,
+    );
+    let proxy = TestProxy::start(&trusting).await;
+    for (up, protocol) in spoofed_requests(&proxy, &mut seen)
+        .await
+        .iter()
+        .zip(["HTTP/1.1", "h2c"])
+    {
+        assert_eq!(
+            values(up, "x-forwarded-for"),
+            ["192.0.2.1, 192.0.2.2, 127.0.0.1"],
+            "{protocol}"
+        );
+        assert_eq!(
+            values(up, "x-real-ip"),
+            ["192.0.2.2"],
+            "{protocol}: the rightmost address that is not a trusted proxy"
+        );
+        assert_eq!(
+            values(up, "x-forwarded-proto"),
+            ["https", "https"],
+            "{protocol}"
+        );
+        assert_eq!(
+            values(up, "x-forwarded-host"),
+            ["evil.example"],
+            "{protocol}"
+        );
+        assert_eq!(
+            values(up, "forwarded"),
+            ["for=192.0.2.3;proto=https"],
+            "{protocol}"
+        );
+    }
+    proxy.process.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 8. Failure answers
 // ---------------------------------------------------------------------------------------

@@ -288,6 +288,13 @@ async fn sighup_applies_edited_weights() {
     proxy.signal("TERM");
     let status = proxy.wait_exit(WAIT).await;
     assert_eq!(status.code(), Some(0), "{}", proxy.log());
+    // A log file gets plain text: no terminal colour codes around levels and fields.
+    let log = proxy.log();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "colour codes in a log file:\n{log:?}"
+    );
 }
 
 /// A backend whose `/slow` announces itself and waits for `release`, and whose `/ws`
@@ -491,4 +498,172 @@ async fn sigterm_closes_a_tunnel_that_outlives_the_drain_timeout_and_exits_0() {
         .await
         .expect("the tunnel is closed at exit");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+}
+
+/// nginx as the backend, trusting tidegate's address (127.0.0.1) for the client address,
+/// which it answers with: `by_forwarded_for` takes it from `X-Forwarded-For`, `by_real_ip`
+/// from `X-Real-IP`.
+struct Nginx {
+    child: Child,
+    by_forwarded_for: SocketAddr,
+    by_real_ip: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start() -> Nginx {
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nginx is not installed: scripts/test.sh installs it (apt nginx-light)");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (by_forwarded_for, by_real_ip) = (loopback(free_port()), loopback(free_port()));
+        let d = dir.path().display();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{}}
+http {{
+  access_log off;
+  client_body_temp_path {d};
+  set_real_ip_from 127.0.0.1;
+  server {{
+    listen {by_forwarded_for};
+    real_ip_header X-Forwarded-For;
+    location / {{ return 200 "$remote_addr"; }}
+  }}
+  server {{
+    listen {by_real_ip};
+    real_ip_header X-Real-IP;
+    location / {{ return 200 "$remote_addr"; }}
+  }}
+}}
+"#
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).expect("write nginx.conf");
+        let child = Command::new(binary)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        Nginx {
+            child,
+            by_forwarded_for,
+            by_real_ip,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A GET from the loopback address 127.0.0.2 carrying two `X-Forwarded-For` lines; the
+/// status and body of the answer. Route `app` sends `/` to nginx's `X-Forwarded-For` server
+/// and `/real-ip` to its `X-Real-IP` one.
+async fn get_from_second_address(to: SocketAddr, path: &str) -> (u16, String) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 2], 0)))
+        .expect("bind 127.0.0.2");
+    let mut stream = socket.connect(to).await.expect("connect to tidegate");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: shop.test\r\nX-Forwarded-For: 192.0.2.1\r\n\
+         X-Forwarded-For: 192.0.2.2\r\nX-Real-IP: 192.0.2.9\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut resp = String::new();
+    stream.read_to_string(&mut resp).await.expect("read");
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_trusting_tidegate_sees_the_real_client_address() {
+    let nginx = Nginx::start();
+    let (listen, admin) = (loopback(free_port()), loopback(free_port()));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("tidegate.yaml");
+    let yaml = format!(
+        r#"admin: {{listen: "{admin}"}}
+listeners: [{{name: web, listen: "{listen}"}}]
+workers: 1
+routes:
+  - name: real-ip
+    match: {{path_prefix: /real-ip}}
+    versions: [{{name: nginx, weight: 100, endpoints: ["{}"]}}]
+  - name: app
+    versions: [{{name: nginx, weight: 100, endpoints: ["{}"]}}]
+"#,
+        nginx.by_real_ip, nginx.by_forwarded_for
+    );
+    std::fs::write(&config, &yaml).expect("write config");
+    eventually("nginx answers", WAIT, || async {
+        TcpStream::connect(nginx.by_real_ip).await.is_ok()
+    })
+    .await;
+
+    let mut proxy = Running::start(&config, admin);
+    proxy.wait_ready().await;
+    // The client at 127.0.0.2 claims to be 192.0.2.2 in a second line: nginx must see 127.0.0.2.
+    for path in ["/", "/real-ip"] {
+        assert_eq!(
+            get_from_second_address(listen, path).await,
+            (200, "127.0.0.2".to_string()),
+            "{path}"
+        );
+    }
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(WAIT).await.code(), Some(0));
+
+    // With the client listed as a trusted proxy, its account is believed: X-Real-IP carries
+    // the address it forwarded for, while X-Forwarded-For still ends with the address it has.
+    let trusting = yaml.replace(
+        &format!(r#"listen: "{listen}"}}"#),
+        &format!(r#"listen: "{listen}", trusted_proxies: [127.0.0.2]}}"#),
+    );
+    assert_ne!(trusting, yaml);
+    std::fs::write(&config, &trusting).expect("write config");
+    let mut proxy = Running::start(&config, admin);
+    proxy.wait_ready().await;
+    assert_eq!(
+        get_from_second_address(listen, "/real-ip").await,
+        (200, "192.0.2.2".to_string())
+    );
+    assert_eq!(
+        get_from_second_address(listen, "/").await,
+        (200, "127.0.0.2".to_string())
+    );
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(WAIT).await.code(), Some(0));
+}
+
+#[test]
+fn validate_names_a_bad_trusted_proxy_range() {
+    let any = loopback(1);
+    let yaml = proxy_config(any, loopback(2), any, any, "0", "100").replace(
+        r#"listen: "127.0.0.1:1"}]"#,
+        r#"listen: "127.0.0.1:1", trusted_proxies: [10.0.0.0/8, 10.0.0/33]}]"#,
+    );
+    expect_rejected(
+        &yaml,
+        "trusted_proxies",
+        "listeners[0].trusted_proxies[1]: `10.0.0/33` is not an IP address or CIDR range (e.g. 10.0.0.0/8)",
+    );
 }

@@ -104,17 +104,19 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
         .map(|n| n.line)
 }
 
-/// The direct child of `parent` whose scalar text is `value`: its path and line. Used to
-/// point at the exact field when an error names only the enclosing mapping.
+/// The node under `parent` whose scalar text is `value`, the shallowest first (a direct
+/// child, or an item of a list the parent holds): its path and line. Used to point at the
+/// exact field when an error names only the enclosing mapping.
 pub fn child_with_value(text: &str, parent: &str, value: &str) -> Option<(String, usize)> {
     let parent = split_path(parent);
     nodes(text)
         .into_iter()
-        .find(|n| {
-            n.path.len() == parent.len() + 1
+        .filter(|n| {
+            n.path.len() > parent.len()
                 && n.path.starts_with(&parent)
                 && n.scalar.as_deref() == Some(value)
         })
+        .min_by_key(|n| n.path.len())
         .map(|n| (join_path(&n.path), n.line))
 }
 
@@ -177,6 +179,11 @@ mod tests {
             Some(("limits.max".into(), 9))
         );
         assert_eq!(child_with_value(TEXT, "", "1"), Some(("a".into(), 1)));
+        assert_eq!(
+            child_with_value(TEXT, "routes[0]", "7"),
+            Some(("routes[0].versions[1].weight".into(), 7)),
+            "deeper when no direct child holds it"
+        );
         assert_eq!(child_with_value(TEXT, "limits", "4"), None);
     }
 }

@@ -1,13 +1,9 @@
-//! Header rules between client and upstream: hop-by-hop removal, forwarding headers, request ids.
+//! Hop-by-hop header rules between client and upstream, and the checks of a request head.
 
-use std::net::IpAddr;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use super::error::ProxyError;
 
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -109,71 +105,22 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Appends the client address to `X-Forwarded-For`, sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`, and keeps or generates `x-request-id`.
-pub fn add_forwarding(
-    headers: &mut HeaderMap,
-    client_ip: &HeaderValue,
-    tls: bool,
-    host: Option<&HeaderValue>,
-) {
-    // Entries, not a lookup and then an insert: each costs a hash of the name.
-    match headers.entry(X_FORWARDED_FOR.clone()) {
-        Entry::Occupied(mut existing) => {
-            let existing = existing.get_mut();
-            let mut v = Vec::with_capacity(existing.len() + 2 + client_ip.len());
-            v.extend_from_slice(existing.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(client_ip.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&v) {
-                *existing = v;
-            }
-        }
-        Entry::Vacant(slot) => {
-            slot.insert(client_ip.clone());
-        }
+/// Checks a request head in one pass over its fields: at most `max_bytes` of names and
+/// values, and one `Host` (RFC 9112 §3.2: a second one could route by one name and reach the
+/// upstream with another).
+pub fn check_request_head(headers: &HeaderMap, max_bytes: usize) -> Result<(), ProxyError> {
+    let (mut bytes, mut hosts) = (0, 0);
+    for (k, v) in headers {
+        bytes += k.as_str().len() + v.len() + 4;
+        hosts += usize::from(k == header::HOST);
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    if bytes > max_bytes {
+        return Err(ProxyError::HeaderTooLarge(max_bytes));
     }
-    headers
-        .entry(X_REQUEST_ID.clone())
-        .or_insert_with(new_request_id);
-}
-
-/// 32 random hex digits.
-pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 32];
-    for (pair, byte) in buf
-        .chunks_exact_mut(2)
-        .zip(fastrand::u128(..).to_le_bytes())
-    {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
+    if hosts > 1 {
+        return Err(ProxyError::BadRequest("more than one Host header"));
     }
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
-}
-
-/// The client address as a header value, made once per connection.
-pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-/// Bytes of all header names and values, to hold requests to the header size limit.
-pub fn header_bytes(headers: &HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum()
+    Ok(())
 }
 
 #[cfg(test)]
@@ -230,26 +177,5 @@ mod tests {
             ("upgrade", "websocket")
         ])));
         assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
-    }
-
-    #[test]
-    fn forwarding_headers_append_and_keep_request_id() {
-        let ip = ip_header_value("10.0.0.9".parse().unwrap());
-        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-request-id", "abc")]);
-        add_forwarding(
-            &mut h,
-            &ip,
-            true,
-            Some(&HeaderValue::from_static("shop.example")),
-        );
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-host"], "shop.example");
-        assert_eq!(h["x-request-id"], "abc");
-        let mut h = HeaderMap::new();
-        add_forwarding(&mut h, &ip, false, None);
-        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
-        assert_eq!(h["x-request-id"].len(), 32);
-        assert_ne!(new_request_id(), new_request_id());
     }
 }

@@ -10,6 +10,7 @@
 mod body;
 mod drain;
 pub mod error;
+pub mod forwarding;
 pub mod headers;
 mod idle;
 mod service;
@@ -32,6 +33,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 
 pub use drain::DrainTracker;
+use forwarding::Peer;
+pub use forwarding::TrustedProxies;
 use idle::{IdleCheck, IdleState};
 pub use service::{ConnInfo, Worker};
 pub use tls::{CertStore, TlsError};
@@ -80,6 +83,7 @@ pub struct BoundListener {
     pub name: String,
     pub addr: SocketAddr,
     pub tls: Option<Arc<CertStore>>,
+    pub trusted_proxies: Arc<TrustedProxies>,
     sockets: Vec<std::net::TcpListener>,
 }
 
@@ -90,6 +94,7 @@ impl BoundListener {
         addr: SocketAddr,
         workers: usize,
         tls: Option<Arc<CertStore>>,
+        trusted_proxies: Arc<TrustedProxies>,
     ) -> std::io::Result<BoundListener> {
         let first = reuseport_socket(addr)?;
         let addr = first.local_addr()?;
@@ -101,6 +106,7 @@ impl BoundListener {
             name: name.to_string(),
             addr,
             tls,
+            trusted_proxies,
             sockets,
         })
     }
@@ -148,20 +154,19 @@ pub fn start(
 ) -> std::io::Result<ProxyHandle> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(settings.max_connections));
-    let mut per_worker: Vec<
-        Vec<(
-            String,
-            std::net::TcpListener,
-            Option<tokio_rustls::TlsAcceptor>,
-        )>,
-    > = (0..settings.workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<(std::net::TcpListener, Arc<ListenerSide>)>> =
+        (0..settings.workers).map(|_| Vec::new()).collect();
     for l in listeners {
-        let acceptor = match &l.tls {
-            Some(store) => Some(store.acceptor().map_err(std::io::Error::other)?),
-            None => None,
-        };
+        let side = Arc::new(ListenerSide {
+            tls: match &l.tls {
+                Some(store) => Some(store.acceptor().map_err(std::io::Error::other)?),
+                None => None,
+            },
+            trusted_proxies: l.trusted_proxies,
+            name: l.name,
+        });
         for (i, s) in l.sockets.into_iter().enumerate() {
-            per_worker[i % settings.workers].push((l.name.clone(), s, acceptor.clone()));
+            per_worker[i % settings.workers].push((s, side.clone()));
         }
     }
     let mut threads = Vec::new();
@@ -201,14 +206,7 @@ struct ConnCtx {
 }
 
 impl WorkerCtx {
-    fn run(
-        self,
-        sockets: Vec<(
-            String,
-            std::net::TcpListener,
-            Option<tokio_rustls::TlsAcceptor>,
-        )>,
-    ) {
+    fn run(self, sockets: Vec<(std::net::TcpListener, Arc<ListenerSide>)>) {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -248,13 +246,13 @@ impl WorkerCtx {
                 shutdown: self.shutdown.clone(),
                 header_timeout: self.settings.header_read_timeout,
             });
-            for (name, socket, tls) in sockets {
+            for (socket, side) in sockets {
                 match tokio::net::TcpListener::from_std(socket) {
                     Ok(listener) => {
-                        tokio::spawn(accept_loop(listener, name, tls, ctx.clone()));
+                        tokio::spawn(accept_loop(listener, side, ctx.clone()));
                     }
                     Err(e) => {
-                        tracing::error!(listener = %name, error = %e, "cannot use listening socket")
+                        tracing::error!(listener = %side.name, error = %e, "cannot use listening socket")
                     }
                 }
             }
@@ -274,10 +272,16 @@ impl WorkerCtx {
     }
 }
 
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
+/// What the connections of one listener share, whichever worker accepts them.
+struct ListenerSide {
     name: String,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    trusted_proxies: Arc<TrustedProxies>,
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    side: Arc<ListenerSide>,
     ctx: Arc<ConnCtx>,
 ) {
     let mut shutdown = ctx.shutdown.clone();
@@ -287,7 +291,7 @@ async fn accept_loop(
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tracing::warn!(listener = %side.name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -304,10 +308,10 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        let tls = tls.clone();
+        let side = side.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(stream, peer, tls, ctx).await;
+            serve_connection(stream, peer, &side, ctx).await;
         });
     }
 }
@@ -315,7 +319,7 @@ async fn accept_loop(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    side: &ListenerSide,
     ctx: Arc<ConnCtx>,
 ) {
     let _tracked = ctx.worker.drain.enter();
@@ -323,12 +327,12 @@ async fn serve_connection(
     // Made once the handshake is done: the first request head gets its full header timeout.
     let info = |tls: bool| {
         Arc::new(ConnInfo {
-            client_ip: headers::ip_header_value(peer.ip()),
+            peer: Peer::new(peer.ip(), &side.trusted_proxies),
             tls,
             idle: Arc::new(IdleState::new(clock::now_ms())),
         })
     };
-    match tls {
+    match &side.tls {
         None => serve_http(TokioIo::new(stream), info(false), &ctx).await,
         Some(acceptor) => {
             match tokio::time::timeout(ctx.header_timeout, acceptor.accept(stream)).await {

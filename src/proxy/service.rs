@@ -14,6 +14,7 @@ use super::ProxyBody;
 use super::body::TrackedBody;
 use super::drain::DrainTracker;
 use super::error::ProxyError;
+use super::forwarding::{self, Peer};
 use super::headers;
 use super::idle::{BusyGuard, IdleState};
 use super::upstream::{UpstreamError, Upstreams};
@@ -34,7 +35,7 @@ pub struct Worker {
 
 /// What one client connection knows about itself.
 pub struct ConnInfo {
-    pub client_ip: HeaderValue,
+    pub peer: Peer,
     pub tls: bool,
     pub idle: Arc<IdleState>,
 }
@@ -80,9 +81,7 @@ impl Worker {
         start: Instant,
         busy: BusyGuard,
     ) -> Result<Response<ProxyBody>, (ProxyError, Option<Arc<VersionStats>>)> {
-        if headers::header_bytes(req.headers()) > self.max_header_bytes {
-            return Err((ProxyError::HeaderTooLarge(self.max_header_bytes), None));
-        }
+        headers::check_request_head(req.headers(), self.max_header_bytes).map_err(|e| (e, None))?;
         let upgrade =
             req.version() == HttpVersion::HTTP_11 && headers::is_upgrade_request(req.headers());
         let retryable = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
@@ -104,7 +103,7 @@ impl Worker {
         });
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         parts.headers.remove(header::EXPECT);
-        headers::add_forwarding(&mut parts.headers, &conn.client_ip, conn.tls, host.as_ref());
+        forwarding::add_forwarding(&mut parts.headers, &conn.peer, conn.tls, host.as_ref());
         let protocol = if upgrade {
             UpstreamProtocol::Http1
         } else {

@@ -1,0 +1,306 @@
+//! Forwarding headers: who the client is and how it came (`X-Forwarded-*`, `X-Real-IP`,
+//! `Forwarded`), believed only from trusted proxies, and the request id.
+//!
+//! What the upstream receives:
+//! - `X-Forwarded-For`: one line, every incoming line's values in order, joined, then the
+//!   address of the connection's peer. Repeated lines are one list (RFC 9110 §5.3), so a client
+//!   cannot push its own value past tidegate's by sending a second line.
+//! - `X-Real-IP`: the client's address. From an untrusted peer, the peer's address; from a
+//!   trusted proxy, the rightmost `X-Forwarded-For` address that is not a trusted proxy (the
+//!   walk stops at a value that is not an address). A client's own `X-Real-IP` never passes.
+//! - `X-Forwarded-Proto`, `X-Forwarded-Host`: a trusted proxy's values are kept (and set when
+//!   it sent none); anyone else's are replaced by what tidegate saw.
+//! - `Forwarded` (RFC 7239): kept from a trusted proxy, removed from anyone else; tidegate adds
+//!   none of its own (`X-Forwarded-*` says the same).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Addresses whose forwarding headers are believed: a listener's `trusted_proxies`.
+#[derive(Debug, Default)]
+pub struct TrustedProxies(Box<[IpNet]>);
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or a single address.
+pub fn parse_range(text: &str) -> Option<IpNet> {
+    let t = text.trim();
+    t.parse::<IpNet>()
+        .or_else(|_| t.parse::<IpAddr>().map(IpNet::from))
+        .ok()
+}
+
+impl TrustedProxies {
+    pub fn new(ranges: &[IpNet]) -> TrustedProxies {
+        TrustedProxies(ranges.into())
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// The other end of a client connection, made once per connection.
+pub struct Peer {
+    ip: IpAddr,
+    ip_value: HeaderValue,
+    /// Set when the peer is a trusted proxy: the list its forwarding headers are walked with.
+    trusted: Option<Arc<TrustedProxies>>,
+}
+
+impl Peer {
+    pub fn new(ip: IpAddr, trusted: &Arc<TrustedProxies>) -> Peer {
+        let ip = plain_ip(ip);
+        Peer {
+            ip,
+            ip_value: ip_value(ip),
+            trusted: trusted.contains(ip).then(|| trusted.clone()),
+        }
+    }
+}
+
+/// Sets the forwarding headers (see the module doc) and keeps or generates `x-request-id`.
+pub fn add_forwarding(headers: &mut HeaderMap, peer: &Peer, tls: bool, host: Option<&HeaderValue>) {
+    let forwarded_for = joined_forwarded_for(headers, &peer.ip_value);
+    let real_ip = match &peer.trusted {
+        Some(trusted) => ip_value(client_behind(forwarded_for.as_bytes(), peer.ip, trusted)),
+        None => peer.ip_value.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    headers.insert(X_REAL_IP.clone(), real_ip);
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    if peer.trusted.is_some() {
+        headers.entry(X_FORWARDED_PROTO.clone()).or_insert(proto);
+        if let Some(host) = host {
+            headers
+                .entry(X_FORWARDED_HOST.clone())
+                .or_insert_with(|| host.clone());
+        }
+    } else {
+        headers.insert(X_FORWARDED_PROTO.clone(), proto);
+        match host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+        headers.remove(&FORWARDED);
+    }
+    headers
+        .entry(X_REQUEST_ID.clone())
+        .or_insert_with(new_request_id);
+}
+
+/// Every `X-Forwarded-For` line's values in order, then `peer`, as one value.
+fn joined_forwarded_for(headers: &HeaderMap, peer: &HeaderValue) -> HeaderValue {
+    let mut lines = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter(|v| !v.as_bytes().trim_ascii().is_empty())
+        .peekable();
+    if lines.peek().is_none() {
+        return peer.clone();
+    }
+    let mut joined = Vec::with_capacity(64);
+    for line in lines {
+        joined.extend_from_slice(line.as_bytes().trim_ascii());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(peer.as_bytes());
+    // Incoming values are valid header bytes, and so are the separators.
+    HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.clone())
+}
+
+/// Walks `X-Forwarded-For` from the right while the hop that vouches for the next address is
+/// trusted; the last entry is `peer` itself.
+fn client_behind(forwarded_for: &[u8], peer: IpAddr, trusted: &TrustedProxies) -> IpAddr {
+    let mut client = peer;
+    for entry in forwarded_for.rsplit(|&b| b == b',').skip(1) {
+        if !trusted.contains(client) {
+            break;
+        }
+        match parse_entry(entry) {
+            Some(ip) => client = ip,
+            None => break,
+        }
+    }
+    client
+}
+
+/// An `X-Forwarded-For` entry: an address, possibly with a port (`1.2.3.4:80`, `[::1]:80`).
+fn parse_entry(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?.trim();
+    text.parse::<IpAddr>()
+        .or_else(|_| text.parse::<std::net::SocketAddr>().map(|s| s.ip()))
+        .ok()
+        .map(plain_ip)
+}
+
+/// IPv4 clients of a dual-stack socket arrive as `::ffff:a.b.c.d`: speak of them as IPv4.
+fn plain_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// 32 random hex digits.
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    for (pair, byte) in buf
+        .chunks_exact_mut(2)
+        .zip(fastrand::u128(..).to_le_bytes())
+    {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn trusted(ranges: &[&str]) -> Arc<TrustedProxies> {
+        let nets: Vec<IpNet> = ranges.iter().map(|r| parse_range(r).unwrap()).collect();
+        Arc::new(TrustedProxies::new(&nets))
+    }
+
+    fn all(h: &HeaderMap, name: &str) -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn repeated_forwarded_for_lines_become_one_list_ending_with_the_peer() {
+        let peer = Peer::new("10.0.0.9".parse().unwrap(), &trusted(&[]));
+        let mut h = map(&[
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-for", "192.0.2.2, 192.0.2.3"),
+            ("x-real-ip", "192.0.2.2"),
+        ]);
+        add_forwarding(&mut h, &peer, false, None);
+        assert_eq!(
+            all(&h, "x-forwarded-for"),
+            ["192.0.2.1, 192.0.2.2, 192.0.2.3, 10.0.0.9"]
+        );
+        assert_eq!(
+            all(&h, "x-real-ip"),
+            ["10.0.0.9"],
+            "a client's X-Real-IP never passes"
+        );
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_set_scheme_host_or_forwarded() {
+        let peer = Peer::new("10.0.0.9".parse().unwrap(), &trusted(&["10.1.0.0/16"]));
+        let mut h = map(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-host", "evil2.example"),
+            ("forwarded", "for=192.0.2.1;proto=https"),
+            ("forwarded", "for=192.0.2.2"),
+            ("x-request-id", "abc"),
+        ]);
+        add_forwarding(
+            &mut h,
+            &peer,
+            false,
+            Some(&HeaderValue::from_static("shop.example")),
+        );
+        assert_eq!(all(&h, "x-forwarded-proto"), ["http"]);
+        assert_eq!(all(&h, "x-forwarded-host"), ["shop.example"]);
+        assert!(!h.contains_key("forwarded"), "{h:?}");
+        assert_eq!(
+            all(&h, "x-request-id"),
+            ["abc"],
+            "a client request id is kept"
+        );
+        let mut h = map(&[("x-forwarded-host", "evil.example")]);
+        add_forwarding(&mut h, &peer, true, None);
+        assert!(!h.contains_key("x-forwarded-host"), "{h:?}");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-request-id"].len(), 32);
+    }
+
+    #[test]
+    fn a_trusted_proxy_says_who_the_client_is() {
+        let list = trusted(&["10.0.0.0/8", "192.168.1.1"]);
+        let peer = Peer::new("10.0.0.9".parse().unwrap(), &list);
+        let mut h = map(&[
+            ("x-forwarded-for", "198.51.100.7, 203.0.113.5"),
+            ("x-forwarded-for", "192.168.1.1"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=203.0.113.5;proto=https"),
+        ]);
+        add_forwarding(
+            &mut h,
+            &peer,
+            false,
+            Some(&HeaderValue::from_static("shop.example")),
+        );
+        assert_eq!(
+            h["x-forwarded-for"],
+            "198.51.100.7, 203.0.113.5, 192.168.1.1, 10.0.0.9"
+        );
+        // 10.0.0.9 and 192.168.1.1 are trusted; 203.0.113.5 is the first that is not.
+        assert_eq!(h["x-real-ip"], "203.0.113.5");
+        assert_eq!(
+            h["x-forwarded-proto"], "https",
+            "a trusted proxy's scheme is kept"
+        );
+        assert_eq!(
+            h["x-forwarded-host"], "shop.example",
+            "set when it sent none"
+        );
+        assert_eq!(h["forwarded"], "for=203.0.113.5;proto=https");
+
+        // The walk stops at a value that is not an address, and at the end of the list.
+        let mut h = map(&[("x-forwarded-for", "unknown, 10.2.3.4:8080")]);
+        add_forwarding(&mut h, &peer, false, None);
+        assert_eq!(h["x-real-ip"], "10.2.3.4");
+        let mut h = map(&[("x-forwarded-for", "[2001:db8::1]:443")]);
+        add_forwarding(&mut h, &peer, false, None);
+        assert_eq!(h["x-real-ip"], "2001:db8::1");
+        let mut h = HeaderMap::new();
+        add_forwarding(&mut h, &peer, false, None);
+        assert_eq!(h["x-real-ip"], "10.0.0.9");
+    }
+
+    #[test]
+    fn ipv4_peers_of_a_dual_stack_socket_read_as_ipv4() {
+        let list = trusted(&["127.0.0.0/8"]);
+        let peer = Peer::new("::ffff:127.0.0.1".parse().unwrap(), &list);
+        assert!(peer.trusted.is_some());
+        let mut h = HeaderMap::new();
+        add_forwarding(&mut h, &peer, false, None);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}
