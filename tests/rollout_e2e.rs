@@ -711,3 +711,121 @@ async fn background_analysis_going_inconclusive_at_a_pause_step_is_not_silent() 
     assert_eq!((s.phase, s.step), (Phase::Paused, 1));
     assert_eq!(s.pause.as_ref().map(|p| p.reason), Some(PauseReason::Step));
 }
+
+/// Rolls out revision 1 of `v2` (every request fails) until it is rolled back, then
+/// revision 2 (new endpoints, healthy), with a reload in between or, with `restart`, a
+/// stopped and restarted process. Revision 2 must be judged on its own requests only: the
+/// failures of revision 1 are still inside the 10 s window when it starts.
+async fn new_revision_after_a_failed_one(restart: bool) {
+    let (v1, bad, good) = (app("v1").await, app("v2").await, app("v2").await);
+    bad.failing.store(true, SeqCst);
+    let files = tempfile::tempdir().expect("temp dir");
+    let rollout = r#"      canary: v2
+      steps:
+        - setWeight: 50
+        - pause: {}
+      analysis:
+        metrics:
+          - name: errors-vs-stable
+            interval: 300ms
+            minRequests: 5
+            inconclusiveLimit: 100
+            provider: {builtin: {metric: errorRate, window: 10s, compare: stable}}
+            failureCondition: result > 0.02
+"#;
+    let config_path = files.path().join("tidegate.yaml");
+    let write_config = |canary: SocketAddr| {
+        let text = config(v1.addr, canary, files.path(), rollout).replace(
+            "workers: 2",
+            &format!(
+                "workers: 2\nstate_dir: \"{}\"",
+                files.path().join("state").display()
+            ),
+        );
+        std::fs::write(&config_path, text).expect("write config");
+    };
+    write_config(bad.addr);
+    let mut p = tidegate::runtime::ProxyProcess::start(&config_path)
+        .await
+        .expect("proxy starts");
+    let limit = Duration::from_secs(15);
+    let load = Load::start(
+        p.listeners[0].1,
+        Instant::now(),
+        4,
+        Duration::from_millis(10),
+        None,
+    );
+    let first = wait_status(&p, "app", "revision 1 rolled back", limit, |s| {
+        s.phase == Phase::Degraded
+    })
+    .await;
+    assert!(
+        first.message.contains("errors-vs-stable"),
+        "{}",
+        first.message
+    );
+
+    write_config(good.addr);
+    let load = if restart {
+        load.stop().await;
+        p.shutdown().await;
+        p = tidegate::runtime::ProxyProcess::start(&config_path)
+            .await
+            .expect("proxy restarts");
+        Load::start(
+            p.listeners[0].1,
+            Instant::now(),
+            4,
+            Duration::from_millis(10),
+            None,
+        )
+    } else {
+        p.reloader
+            .reload()
+            .expect("the new revision's config loads");
+        load
+    };
+    let hits_before = good.hits.load(SeqCst);
+    let s = wait_status(&p, "app", "revision 2 measured ten times", limit, |s| {
+        s.canary_revision != first.canary_revision
+            && (s.phase == Phase::Degraded
+                || s.background_analysis
+                    .as_ref()
+                    .is_some_and(|r| r.metrics[0].tally.successes >= 10))
+    })
+    .await;
+    assert_ne!(
+        s.phase,
+        Phase::Degraded,
+        "revision 2 was rolled back on revision 1's failures: {}",
+        s.message
+    );
+    let tally = &s
+        .background_analysis
+        .as_ref()
+        .expect("background run")
+        .metrics[0]
+        .tally;
+    assert_eq!(tally.failures, 0, "{tally:#?}");
+    let last = tally.last.as_ref().expect("a measurement");
+    let judged = last.requests.expect("the measurement says what it judged");
+    assert!(
+        judged.canary > 0 && judged.canary <= good.hits.load(SeqCst) - hits_before,
+        "judged {judged:?}: only revision 2's requests ({} served)",
+        good.hits.load(SeqCst) - hits_before
+    );
+    assert!(last.message.contains("canary and"), "{}", last.message);
+    load.stop().await;
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_revision_is_judged_on_its_own_requests_only() {
+    new_revision_after_a_failed_one(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_a_new_revision_starts_with_an_empty_window() {
+    new_revision_after_a_failed_one(true).await;
+}

@@ -59,7 +59,7 @@ fn value(metric: &BuiltinMetric, w: &WindowSnapshot, min: u64) -> Result<f64, St
     let n = w.requests();
     if metric.metric != BuiltinKind::RequestRate && n < min {
         return Err(format!(
-            "{n} requests in the last {}s, fewer than {min}",
+            "{n} requests in the last {}s since the analysis began, fewer than {min}",
             w.span.as_secs()
         ));
     }

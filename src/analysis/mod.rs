@@ -12,7 +12,7 @@ use std::time::Duration;
 
 pub use condition::Condition;
 pub use spec::{AnalysisSpec, BackgroundAnalysis, MetricSpec, ProviderSpec};
-pub use verdict::{Measurement, MetricTally, Outcome, Reading, Verdict, judge};
+pub use verdict::{Measurement, MetricTally, Outcome, Reading, RequestCounts, Verdict, judge};
 
 use crate::health::Endpoint;
 use crate::metrics::VersionStats;
@@ -24,6 +24,9 @@ pub struct MeasureContext {
     pub canary: Option<Arc<VersionStats>>,
     pub stable: Option<Arc<VersionStats>>,
     pub canary_endpoints: Vec<Arc<Endpoint>>,
+    /// Where the analysis run began on the process clock (`clock::now_ms`): builtin windows
+    /// leave out what was served before, by an earlier revision among others.
+    pub since_ms: u64,
 }
 
 /// Values filled into `{{route}}`, `{{version}}` (the canary), `{{canary}}`, `{{stable}}`,
@@ -48,38 +51,49 @@ impl Vars {
     }
 }
 
-/// Takes one measurement of `metric`.
-pub async fn measure(metric: &MetricSpec, ctx: &MeasureContext) -> Reading {
+/// Takes one measurement of `metric`; a builtin one also says how many requests it judged.
+pub async fn measure(
+    metric: &MetricSpec,
+    ctx: &MeasureContext,
+) -> (Reading, Option<RequestCounts>) {
     match &metric.provider {
-        ProviderSpec::Builtin(b) => {
-            let Some(canary) = &ctx.canary else {
-                return Reading::NoData("the canary has no traffic counters yet".into());
-            };
-            let span = b.window;
-            let stable = ctx.stable.as_ref().map(|s| s.window(span));
-            builtin::read(
-                b,
-                metric.min_requests,
-                &canary.window(span),
-                stable.as_ref(),
-            )
-        }
-        ProviderSpec::Prometheus(p) => prometheus::measure(p, &ctx.vars).await,
-        ProviderSpec::Http(h) => http::measure(h, &ctx.vars).await,
-        ProviderSpec::Healthcheck(_) => {
-            let now = crate::clock::now_ms();
-            let total = ctx.canary_endpoints.len();
-            if total == 0 {
-                return Reading::NoData("the canary has no endpoints".into());
-            }
-            let healthy = ctx
-                .canary_endpoints
-                .iter()
-                .filter(|e| e.is_healthy(now))
-                .count();
-            Reading::Value(healthy as f64 / total as f64)
-        }
+        ProviderSpec::Builtin(b) => measure_builtin(b, metric.min_requests, ctx),
+        ProviderSpec::Prometheus(p) => (prometheus::measure(p, &ctx.vars).await, None),
+        ProviderSpec::Http(h) => (http::measure(h, &ctx.vars).await, None),
+        ProviderSpec::Healthcheck(_) => (healthy_share(&ctx.canary_endpoints), None),
     }
+}
+
+fn measure_builtin(
+    b: &spec::BuiltinMetric,
+    min_requests: Option<u64>,
+    ctx: &MeasureContext,
+) -> (Reading, Option<RequestCounts>) {
+    let Some(canary) = &ctx.canary else {
+        let why = "the canary has no traffic counters yet";
+        return (Reading::NoData(why.into()), None);
+    };
+    let canary = canary.window(b.window, ctx.since_ms);
+    let stable = ctx
+        .stable
+        .as_ref()
+        .map(|s| s.window(b.window, ctx.since_ms));
+    let counts = RequestCounts {
+        canary: canary.requests(),
+        stable: stable.as_ref().map(|s| s.requests()),
+    };
+    let reading = builtin::read(b, min_requests, &canary, stable.as_ref());
+    (reading, Some(counts))
+}
+
+/// The share of the canary's endpoints its active health checks find healthy.
+fn healthy_share(endpoints: &[Arc<Endpoint>]) -> Reading {
+    if endpoints.is_empty() {
+        return Reading::NoData("the canary has no endpoints".into());
+    }
+    let now = crate::clock::now_ms();
+    let healthy = endpoints.iter().filter(|e| e.is_healthy(now)).count();
+    Reading::Value(healthy as f64 / endpoints.len() as f64)
 }
 
 /// How long a measurement may take before it counts as a provider error.

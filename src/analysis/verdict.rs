@@ -33,6 +33,32 @@ pub struct Measurement {
     pub value: Option<f64>,
     pub outcome: Outcome,
     pub message: String,
+    /// The requests a builtin measurement judged: served since its analysis run began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<RequestCounts>,
+}
+
+/// Requests behind a builtin measurement, per version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestCounts {
+    pub canary: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<u64>,
+}
+
+impl Measurement {
+    /// Records (and says in the message) how many requests the measurement judged.
+    pub fn based_on(mut self, requests: Option<RequestCounts>) -> Measurement {
+        if let Some(n) = requests {
+            self.message.push_str(&match n.stable {
+                Some(stable) => format!(" ({} canary and {stable} stable requests)", n.canary),
+                None => format!(" ({} canary requests)", n.canary),
+            });
+        }
+        self.requests = requests;
+        self
+    }
 }
 
 /// The state of a metric over its measurements so far.
@@ -53,6 +79,7 @@ pub fn judge(metric: &MetricSpec, reading: Reading, at: u64) -> Measurement {
             value: None,
             outcome: Outcome::Inconclusive,
             message: format!("result is {v}, not a number to judge"),
+            requests: None,
         },
         Reading::Value(v) => {
             let (outcome, message) = match (&metric.failure_condition, &metric.success_condition) {
@@ -79,6 +106,7 @@ pub fn judge(metric: &MetricSpec, reading: Reading, at: u64) -> Measurement {
                 value: Some(v),
                 outcome,
                 message,
+                requests: None,
             }
         }
         Reading::NoData(why) => Measurement {
@@ -86,12 +114,14 @@ pub fn judge(metric: &MetricSpec, reading: Reading, at: u64) -> Measurement {
             value: None,
             outcome: Outcome::Inconclusive,
             message: format!("no data: {why}"),
+            requests: None,
         },
         Reading::Error(why) => Measurement {
             at,
             value: None,
             outcome: Outcome::Error,
             message: format!("provider error: {why}"),
+            requests: None,
         },
     }
 }

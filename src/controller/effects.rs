@@ -6,19 +6,23 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{Inner, Rollout, Wake, unix_ms};
-use crate::analysis::{self, MeasureContext, MetricSpec, Reading, Vars, judge};
-use crate::rollout::{Event, MeasurementResult};
+use crate::analysis::{self, MeasureContext, Reading, Vars, judge};
+use crate::rollout::{Event, MeasureRequest, MeasurementResult};
 
 /// Takes one measurement in the background and hands the result to the rollout's task.
 pub(super) fn measure(
     inner: &Arc<Inner>,
     route: &str,
     r: &Rollout,
-    run_id: u64,
-    metric: MetricSpec,
-    index: usize,
+    ask: MeasureRequest,
     reply: mpsc::UnboundedSender<Wake>,
 ) {
+    let MeasureRequest {
+        run_id,
+        index,
+        metric,
+        since,
+    } = ask;
     let canary = r
         .status
         .canary
@@ -45,15 +49,18 @@ pub(super) fn measure(
         canary: Some(inner.metrics.version(route, &canary)),
         stable: (stable != canary).then(|| inner.metrics.version(route, &stable)),
         canary_endpoints,
+        // The run's start on the process clock the windows count in.
+        since_ms: crate::clock::now_ms().saturating_sub(unix_ms().saturating_sub(since)),
     };
     tokio::spawn(async move {
         // The provider's own timeout applies inside; this one only guards against a hang.
         let limit = analysis::measure_timeout(&metric) + Duration::from_secs(1);
-        let reading = match tokio::time::timeout(limit, analysis::measure(&metric, &ctx)).await {
-            Ok(r) => r,
-            Err(_) => Reading::Error(format!("no answer within {limit:?}")),
-        };
-        let measurement = judge(&metric, reading, unix_ms());
+        let (reading, requests) =
+            match tokio::time::timeout(limit, analysis::measure(&metric, &ctx)).await {
+                Ok(r) => r,
+                Err(_) => (Reading::Error(format!("no answer within {limit:?}")), None),
+            };
+        let measurement = judge(&metric, reading, unix_ms()).based_on(requests);
         let _ = reply.send(Wake::Measured(MeasurementResult {
             run_id,
             metric: index,

@@ -349,12 +349,8 @@ impl Inner {
         }
         for effect in d.effects {
             match effect {
-                rollout::Effect::Measure {
-                    run_id,
-                    metric,
-                    index,
-                } => {
-                    effects::measure(self, route, r, run_id, *metric, index, r.wake.clone());
+                rollout::Effect::Measure(ask) => {
+                    effects::measure(self, route, r, ask, r.wake.clone());
                 }
                 rollout::Effect::Remove { version } => {
                     // Past its drain timeout nothing more waits for the old version.

@@ -118,9 +118,10 @@ impl VersionStats {
         self.connect_errors.fetch_add(1, Relaxed);
     }
 
-    /// The last `span` (up to a minute) of this version's traffic.
-    pub fn window(&self, span: Duration) -> WindowSnapshot {
-        self.window.snapshot(clock::now_ms(), span)
+    /// The last `span` (up to a minute) of this version's traffic, from `since_ms` on
+    /// (process clock, `clock::now_ms`).
+    pub fn window(&self, span: Duration, since_ms: u64) -> WindowSnapshot {
+        self.window.snapshot(clock::now_ms(), span, since_ms)
     }
 
     pub fn totals(&self) -> VersionTotals {

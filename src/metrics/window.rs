@@ -99,10 +99,14 @@ impl Window {
     }
 
     /// Sums the slots of the last `span` (whole seconds, at most a minute) ending at `now_ms`,
-    /// the current, partly filled second included.
-    pub fn snapshot(&self, now_ms: u64, span: Duration) -> WindowSnapshot {
-        let seconds = (span.as_secs() as usize).clamp(1, WINDOW_SECONDS);
+    /// the current, partly filled second included, leaving out every second that began before
+    /// `since_ms` (what an earlier revision served).
+    pub fn snapshot(&self, now_ms: u64, span: Duration, since_ms: u64) -> WindowSnapshot {
         let now_s = now_ms / 1000;
+        let first_s = since_ms.div_ceil(1000);
+        let seconds = (span.as_secs() as usize)
+            .min((now_s + 1).saturating_sub(first_s) as usize)
+            .clamp(1, WINDOW_SECONDS);
         let mut snap = WindowSnapshot {
             span: Duration::from_secs(seconds as u64),
             by_class: [0; 5],
@@ -111,7 +115,7 @@ impl Window {
         };
         for slot in self.slots.iter() {
             let s = slot.second.load(Relaxed);
-            if s == u64::MAX || s > now_s || now_s - s >= seconds as u64 {
+            if s == u64::MAX || s > now_s || now_s - s >= seconds as u64 || s < first_s {
                 continue;
             }
             for (acc, c) in snap.by_class.iter_mut().zip(&slot.by_class) {
@@ -189,6 +193,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn seconds_before_since_are_left_out() {
+        let w = Window::default();
+        // An earlier revision's errors, then the new one's successes from 12.3 s on.
+        for t in [10_100, 11_200, 12_100] {
+            w.record(t, 503, 10);
+        }
+        for t in [12_400, 13_100, 14_900] {
+            w.record(t, 200, 10);
+        }
+        let s = w.snapshot(15_000, Duration::from_secs(10), 12_300);
+        // The second that began at 12 s mixes both: left out with the rest before 12.3 s.
+        assert_eq!((s.requests(), s.server_errors()), (2, 0));
+        assert_eq!(s.span, Duration::from_secs(3), "13 s through 15 s");
+        let s = w.snapshot(15_000, Duration::from_secs(10), 12_000);
+        assert_eq!((s.requests(), s.server_errors()), (4, 1));
+        assert_eq!(w.snapshot(15_000, Duration::from_secs(10), 0).requests(), 6);
+    }
+
+    #[test]
     fn buckets_are_ordered_and_cover_their_values() {
         for micros in [
             1u64, 3, 5, 100, 999, 1000, 1001, 25_000, 1_000_000, 30_000_000,
@@ -213,7 +236,7 @@ mod tests {
             let status = if i < 5 { 503 } else { 200 };
             w.record(t0 + i * 10, status, 1000 + i * 100);
         }
-        let s = w.snapshot(t0 + 1500, Duration::from_secs(10));
+        let s = w.snapshot(t0 + 1500, Duration::from_secs(10), 0);
         assert_eq!(s.requests(), 100);
         assert_eq!(s.error_rate(), Some(0.05));
         let p99 = s.latency_quantile(0.99).unwrap().as_micros() as u64;
@@ -226,15 +249,15 @@ mod tests {
     fn old_seconds_fall_out_and_reused_slots_start_empty() {
         let w = Window::default();
         w.record(5_000, 500, 10);
-        assert_eq!(w.snapshot(6_000, Duration::from_secs(5)).requests(), 1);
-        assert_eq!(w.snapshot(20_000, Duration::from_secs(5)).requests(), 0);
+        assert_eq!(w.snapshot(6_000, Duration::from_secs(5), 0).requests(), 1);
+        assert_eq!(w.snapshot(20_000, Duration::from_secs(5), 0).requests(), 0);
         // 65 s later the same slot is reused for a new second.
         w.record(65_000, 200, 10);
-        let s = w.snapshot(65_500, Duration::from_secs(60));
+        let s = w.snapshot(65_500, Duration::from_secs(60), 0);
         assert_eq!(s.requests(), 1);
         assert_eq!(s.error_rate(), Some(0.0));
         assert_eq!(
-            w.snapshot(65_500, Duration::from_secs(5))
+            w.snapshot(65_500, Duration::from_secs(5), 0)
                 .latency_quantile(0.5),
             Some(Duration::from_micros(11))
         );

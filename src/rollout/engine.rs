@@ -36,14 +36,21 @@ pub struct Observations {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    /// Take one measurement of `metric` and report it for `run_id`.
-    Measure {
-        run_id: u64,
-        metric: Box<MetricSpec>,
-        index: usize,
-    },
+    /// Take one measurement and report it.
+    Measure(MeasureRequest),
     /// Drop the drained version from the route table (and run `onRemove`).
     Remove { version: String },
+}
+
+/// One measurement to take: metric `index` of run `run_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeasureRequest {
+    pub run_id: u64,
+    pub index: usize,
+    pub metric: Box<MetricSpec>,
+    /// Unix ms the run began: only traffic served since then is judged, never an earlier
+    /// revision's.
+    pub since: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -624,11 +631,12 @@ impl Engine {
                 }
                 if m.next_at <= now {
                     m.pending = true;
-                    effects.push(Effect::Measure {
+                    effects.push(Effect::Measure(MeasureRequest {
                         run_id: run.id,
-                        metric: Box::new(metric.clone()),
                         index,
-                    });
+                        metric: Box::new(metric.clone()),
+                        since: run.started_at,
+                    }));
                 } else {
                     wake = Some(wake.map_or(m.next_at, |w| w.min(m.next_at)));
                 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::analysis::{Measurement, Outcome, Reading, judge};
+use crate::analysis::{Reading, judge};
 use crate::rollout::status::{PauseReason, Phase};
 
 const SEC: u64 = 1000;
@@ -96,11 +96,7 @@ impl Sim {
             .effects
             .drain(..)
             .filter_map(|e| match e {
-                Effect::Measure {
-                    run_id,
-                    metric,
-                    index,
-                } => Some((run_id, metric, index)),
+                Effect::Measure(ask) => Some((ask.run_id, ask.metric, ask.index)),
                 _ => None,
             })
             .collect();
@@ -371,14 +367,10 @@ fn late_measurements_of_an_ended_run_are_dropped() {
     let late: Vec<_> = asks
         .into_iter()
         .filter_map(|e| match e {
-            Effect::Measure {
-                run_id,
-                metric,
-                index,
-            } => Some(MeasurementResult {
-                run_id,
-                metric: index,
-                measurement: judge(&metric, Reading::Value(1.0), s.now),
+            Effect::Measure(ask) => Some(MeasurementResult {
+                run_id: ask.run_id,
+                metric: ask.index,
+                measurement: judge(&ask.metric, Reading::Value(1.0), s.now),
             }),
             _ => None,
         })
@@ -440,6 +432,33 @@ fn background_analysis_watches_from_its_starting_step_and_through_pauses() {
         "{}",
         s.status.message
     );
+}
+
+#[test]
+fn measurements_judge_only_traffic_since_their_run_began() {
+    let since = |s: &Sim| -> Vec<u64> {
+        s.effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Measure(ask) => Some(ask.since),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut s = Sim::new(BACKGROUND);
+    s.tick();
+    let first_start = s.now;
+    s.advance(SEC);
+    assert_eq!(since(&s), [first_start]);
+    s.measure(Reading::Value(0.02));
+    assert_eq!(s.status.phase, Phase::Degraded);
+    // A new revision of the same version name: its run starts now, not with the old one.
+    s.advance(3 * SEC);
+    s.revision = "r2".into();
+    s.tick();
+    let second_start = s.now;
+    s.advance(SEC);
+    assert_eq!(since(&s), [second_start]);
 }
 
 #[test]
@@ -678,36 +697,22 @@ fn pending_measurements_are_asked_again_after_a_restart() {
     let mut s = Sim::new(ANALYSIS);
     s.tick();
     s.advance(SEC);
-    assert!(
-        s.effects
-            .iter()
-            .any(|e| matches!(e, Effect::Measure { .. }))
-    );
+    assert!(s.effects.iter().any(|e| matches!(e, Effect::Measure(_))));
     s.effects.clear();
     s.tick();
     assert!(
-        !s.effects
-            .iter()
-            .any(|e| matches!(e, Effect::Measure { .. })),
+        !s.effects.iter().any(|e| matches!(e, Effect::Measure(_))),
         "pending: not asked twice"
     );
     s.status.forget_pending();
     s.tick();
     assert!(
-        s.effects
-            .iter()
-            .any(|e| matches!(e, Effect::Measure { .. })),
+        s.effects.iter().any(|e| matches!(e, Effect::Measure(_))),
         "asked again after a restart"
     );
     assert_eq!(s.measure(Reading::Value(0.0)), 1);
     let tally = &s.status.step_analysis.as_ref().unwrap().metrics[0].tally;
     assert_eq!(tally.successes, 1);
-    let _ = (Measurement {
-        at: 0,
-        value: None,
-        outcome: Outcome::Successful,
-        message: String::new(),
-    },);
 }
 
 #[test]

@@ -5,7 +5,8 @@ pub mod spec;
 pub mod status;
 
 pub use engine::{
-    Command, CommandError, Decision, Effect, MeasurementResult, Observations, command, decide,
+    Command, CommandError, Decision, Effect, MeasureRequest, MeasurementResult, Observations,
+    command, decide,
 };
 pub use spec::{RolloutSpec, Step};
 pub use status::{Event, EventKind, Phase, RolloutStatus};
