@@ -1,26 +1,14 @@
-//! The builtin provider: reads the proxy's per-version sliding windows, optionally against stable.
+//! The builtin provider: reads the proxy's per-version sliding windows, optionally against
+//! stable, as one value over a window or, for the sequential judge, second by second.
 
+use crate::metrics::VersionStats;
 use crate::metrics::WindowSnapshot;
+use crate::metrics::window::{LATENCY_BUCKETS, SecondCounts};
 
+use super::codes::ErrorCode;
+use super::sequential::{Pair, Slice};
 use super::spec::{BuiltinKind, BuiltinMetric, CompareWith};
 use super::verdict::Reading;
-
-/// A status code (`503`; 400-431 and 500-511 are counted one by one) or class (`5xx`) that counts as an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    Class(u8),
-    Code(u16),
-}
-
-pub fn parse_code(text: &str) -> Option<ErrorCode> {
-    let t = text.trim().to_ascii_lowercase();
-    if let Some(c) = t.strip_suffix("xx") {
-        let class: u8 = c.parse().ok()?;
-        return (1..=5).contains(&class).then_some(ErrorCode::Class(class));
-    }
-    let code: u16 = t.parse().ok()?;
-    crate::metrics::window::detail_index(code).map(|_| ErrorCode::Code(code))
-}
 
 /// Reads one builtin metric from the canary's window (and the stable's, to compare).
 pub fn read(
@@ -66,11 +54,11 @@ fn value(metric: &BuiltinMetric, w: &WindowSnapshot, min: u64) -> Result<f64, St
     Ok(match metric.metric {
         BuiltinKind::RequestRate => w.requests_per_second(),
         BuiltinKind::ErrorRate => {
-            let codes: Vec<ErrorCode> = metric.codes.iter().filter_map(|c| parse_code(c)).collect();
-            let errors = if codes.is_empty() {
+            let errors = if metric.codes.is_empty() {
                 w.server_errors()
             } else {
-                codes
+                metric
+                    .codes
                     .iter()
                     .map(|c| match *c {
                         ErrorCode::Class(class) => w.by_class[usize::from(class) - 1],
@@ -85,4 +73,167 @@ fn value(metric: &BuiltinMetric, w: &WindowSnapshot, min: u64) -> Result<f64, St
             .map(|d| d.as_secs_f64())
             .ok_or("no latency samples")?,
     })
+}
+
+/// What the sequential judge counts against a version: errors, or for latency the
+/// responses slower than the pooled `quantile` (both versions together) of the last seconds.
+pub fn stream_names(metric: &BuiltinMetric) -> Vec<String> {
+    match metric.metric {
+        BuiltinKind::Latency => vec![format!(
+            "responses slower than the pooled {}",
+            quantile_name(metric.quantile.unwrap_or(0.99))
+        )],
+        _ if metric.codes.is_empty() => vec!["errors (5xx)".to_string()],
+        _ => {
+            let codes: Vec<String> = metric.codes.iter().map(|c| c.to_string()).collect();
+            vec![format!("errors ({})", codes.join(", "))]
+        }
+    }
+}
+
+fn quantile_name(q: f64) -> String {
+    let percent = q * 100.0;
+    if (percent - percent.round()).abs() < 1e-9 {
+        format!("p{}", percent.round())
+    } else {
+        format!("p{percent}")
+    }
+}
+
+/// Seconds of pooled latency the slow-response threshold is read from.
+const THRESHOLD_SECONDS: u64 = 30;
+
+/// The whole seconds `from_s..to_s` (process clock) of both versions, for the sequential
+/// judge, stamped in unix time (`unix_offset_ms` is unix time at process time 0). Seconds
+/// that left the window are skipped.
+pub fn slices(
+    metric: &BuiltinMetric,
+    canary: &VersionStats,
+    stable: &VersionStats,
+    seconds: std::ops::Range<u64>,
+    unix_offset_ms: u64,
+) -> Vec<Slice> {
+    let latency = (metric.metric == BuiltinKind::Latency).then(|| {
+        // The threshold of each second comes from the seconds before it: fixed before the
+        // second's own responses, so a canary as fast as stable gets its share of the slow.
+        let first = seconds.start.saturating_sub(THRESHOLD_SECONDS);
+        PooledLatency::new(canary, stable, first..seconds.start)
+    });
+    let mut latency = latency;
+    seconds
+        .filter_map(|s| {
+            let (c, st) = (canary.second(s), stable.second(s));
+            let (Some(c), Some(st)) = (c, st) else {
+                return None;
+            };
+            let events = match &mut latency {
+                Some(pooled) => {
+                    let q = metric.quantile.unwrap_or(0.99);
+                    let slow = pooled.slower_than(q, &c, &st);
+                    pooled.push(&c, &st);
+                    slow
+                }
+                None => Pair {
+                    canary: errors(metric, &c),
+                    stable: errors(metric, &st),
+                },
+            };
+            Some(Slice {
+                start: unix_offset_ms + s * 1000,
+                requests: Pair {
+                    canary: c.requests(),
+                    stable: st.requests(),
+                },
+                events: vec![events],
+            })
+        })
+        .collect()
+}
+
+fn errors(metric: &BuiltinMetric, c: &SecondCounts) -> u64 {
+    if metric.codes.is_empty() {
+        return c.by_class[4];
+    }
+    metric
+        .codes
+        .iter()
+        .map(|code| match *code {
+            ErrorCode::Class(class) => c.by_class[usize::from(class) - 1],
+            ErrorCode::Code(code) => c.with_code(code),
+        })
+        .sum()
+}
+
+/// Both versions' latency histograms over a sliding run of past seconds.
+struct PooledLatency {
+    seconds: std::collections::VecDeque<Vec<u64>>,
+    sum: Vec<u64>,
+}
+
+impl PooledLatency {
+    fn new(canary: &VersionStats, stable: &VersionStats, seconds: std::ops::Range<u64>) -> Self {
+        let mut pooled = PooledLatency {
+            seconds: Default::default(),
+            sum: vec![0; LATENCY_BUCKETS],
+        };
+        for s in seconds {
+            if let (Some(c), Some(st)) = (canary.second(s), stable.second(s)) {
+                pooled.push(&c, &st);
+            }
+        }
+        pooled
+    }
+
+    fn push(&mut self, canary: &SecondCounts, stable: &SecondCounts) {
+        let both: Vec<u64> = canary
+            .latency
+            .iter()
+            .zip(&stable.latency)
+            .map(|(c, s)| c + s)
+            .collect();
+        for (sum, n) in self.sum.iter_mut().zip(&both) {
+            *sum += n;
+        }
+        self.seconds.push_back(both);
+        if self.seconds.len() > THRESHOLD_SECONDS as usize
+            && let Some(old) = self.seconds.pop_front()
+        {
+            for (sum, n) in self.sum.iter_mut().zip(&old) {
+                *sum -= n;
+            }
+        }
+    }
+
+    /// Responses of each version above the bucket holding pooled quantile `q` of the past
+    /// seconds (of this second itself, both versions together, when there are none yet).
+    fn slower_than(&self, q: f64, canary: &SecondCounts, stable: &SecondCounts) -> Pair {
+        let own: Vec<u64>;
+        let pooled = if self.sum.iter().any(|&n| n > 0) {
+            &self.sum
+        } else {
+            own = canary
+                .latency
+                .iter()
+                .zip(&stable.latency)
+                .map(|(c, s)| c + s)
+                .collect();
+            &own
+        };
+        let total: u64 = pooled.iter().sum();
+        let rank = ((q * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        let mut threshold = pooled.len();
+        for (i, n) in pooled.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                threshold = i;
+                break;
+            }
+        }
+        let above = |h: &[u64]| h.iter().skip(threshold + 1).sum();
+        Pair {
+            canary: above(&canary.latency),
+            stable: above(&stable.latency),
+        }
+    }
 }

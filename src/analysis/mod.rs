@@ -1,9 +1,11 @@
 //! Canary analysis: metric specs, conditions, providers, and the Pass / Fail / Inconclusive verdict.
 
 pub mod builtin;
+pub mod codes;
 pub mod condition;
 pub mod http;
 pub mod prometheus;
+pub mod sequential;
 pub mod spec;
 pub mod verdict;
 
@@ -27,6 +29,8 @@ pub struct MeasureContext {
     /// Where the analysis run began on the process clock (`clock::now_ms`): builtin windows
     /// leave out what was served before, by an earlier revision among others.
     pub since_ms: u64,
+    /// Unix ms at process clock 0 (`clock::unix_offset_ms`): stamps seconds in unix time.
+    pub unix_offset_ms: u64,
 }
 
 /// Values filled into `{{route}}`, `{{version}}` (the canary), `{{canary}}`, `{{stable}}`,
@@ -57,33 +61,56 @@ pub async fn measure(
     ctx: &MeasureContext,
 ) -> (Reading, Option<RequestCounts>) {
     match &metric.provider {
-        ProviderSpec::Builtin(b) => measure_builtin(b, metric.min_requests, ctx),
+        ProviderSpec::Builtin(b) if metric.sequential().is_some() => {
+            measure_seconds(b, ctx, crate::clock::now_ms())
+        }
+        ProviderSpec::Builtin(b) => {
+            measure_window(b, metric.min_requests, ctx, crate::clock::now_ms())
+        }
         ProviderSpec::Prometheus(p) => (prometheus::measure(p, &ctx.vars).await, None),
         ProviderSpec::Http(h) => (http::measure(h, &ctx.vars).await, None),
         ProviderSpec::Healthcheck(_) => (healthy_share(&ctx.canary_endpoints), None),
     }
 }
 
-fn measure_builtin(
+/// One value over the builtin metric's window ending at `now_ms`.
+pub fn measure_window(
     b: &spec::BuiltinMetric,
     min_requests: Option<u64>,
     ctx: &MeasureContext,
+    now_ms: u64,
 ) -> (Reading, Option<RequestCounts>) {
     let Some(canary) = &ctx.canary else {
         let why = "the canary has no traffic counters yet";
         return (Reading::NoData(why.into()), None);
     };
-    let canary = canary.window(b.window, ctx.since_ms);
+    let canary = canary.window(now_ms, b.window, ctx.since_ms);
     let stable = ctx
         .stable
         .as_ref()
-        .map(|s| s.window(b.window, ctx.since_ms));
+        .map(|s| s.window(now_ms, b.window, ctx.since_ms));
     let counts = RequestCounts {
         canary: canary.requests(),
         stable: stable.as_ref().map(|s| s.requests()),
     };
     let reading = builtin::read(b, min_requests, &canary, stable.as_ref());
     (reading, Some(counts))
+}
+
+/// The whole seconds since the run began (or the judge last looked), up to `now_ms`, for
+/// the sequential judge.
+pub fn measure_seconds(
+    b: &spec::BuiltinMetric,
+    ctx: &MeasureContext,
+    now_ms: u64,
+) -> (Reading, Option<RequestCounts>) {
+    let (Some(canary), Some(stable)) = (&ctx.canary, &ctx.stable) else {
+        let why = "no stable version to compare with";
+        return (Reading::NoData(why.into()), None);
+    };
+    let seconds = ctx.since_ms.div_ceil(1000)..now_ms / 1000;
+    let slices = builtin::slices(b, canary, stable, seconds, ctx.unix_offset_ms);
+    (Reading::Slices(slices), None)
 }
 
 /// The share of the canary's endpoints its active health checks find healthy.

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::codes::ErrorCode;
 use super::condition::Condition;
+use super::sequential::Settings;
 use crate::config::serde_duration;
 
 /// A set of metrics judged together: a step analysis or the background analysis.
@@ -92,13 +94,28 @@ pub struct BuiltinMetric {
     /// For `errorRate`: status codes or classes that count as errors (`5xx`, `429`).
     /// Default: 5xx.
     #[serde(default)]
-    pub codes: Vec<String>,
-    /// Judge the canary against this version over the same window: the result becomes
-    /// canary minus stable for `errorRate`, canary divided by stable for `latency` and
-    /// `requestRate`.
+    pub codes: Vec<ErrorCode>,
+    /// Judge the canary against this version. With no `successCondition` or
+    /// `failureCondition`, `errorRate` and `latency` are judged by the sequential test
+    /// (`analysis::sequential`); with one, the result becomes canary minus stable for
+    /// `errorRate`, canary divided by stable for `latency` and `requestRate`, over `window`.
     #[serde(default)]
     pub compare: Option<CompareWith>,
+    /// Sequential judge: the chance, over the whole analysis run however often it looks, of
+    /// rolling back a canary as good as stable. Default 0.01.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// Sequential judge: the smallest regression worth acting on, as a ratio of event rates:
+    /// 0.2 = the canary errs (or is slow) 20 % more often than stable. Default 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_effect: Option<f64>,
 }
+
+/// Sequential judge defaults.
+pub const DEFAULT_ALPHA: f64 = 0.01;
+pub const DEFAULT_MIN_EFFECT: f64 = 0.2;
+/// Canary requests a sequential judge needs before a step's time may pass it.
+pub const DEFAULT_SEQUENTIAL_MIN_REQUESTS: u64 = 100;
 
 fn default_window() -> Duration {
     Duration::from_secs(30)
@@ -182,6 +199,26 @@ pub enum HttpMethod {
 pub struct HealthcheckMetric {}
 
 impl MetricSpec {
+    /// The sequential judge's settings, when this metric is judged by it: a builtin
+    /// `errorRate` or `latency` compared with stable, with no condition.
+    pub fn sequential(&self) -> Option<Settings> {
+        match &self.provider {
+            ProviderSpec::Builtin(b)
+                if b.compare == Some(CompareWith::Stable)
+                    && b.metric != BuiltinKind::RequestRate
+                    && self.success_condition.is_none()
+                    && self.failure_condition.is_none() =>
+            {
+                Some(Settings {
+                    alpha: b.alpha.unwrap_or(DEFAULT_ALPHA),
+                    min_effect: b.min_effect.unwrap_or(DEFAULT_MIN_EFFECT),
+                    min_requests: self.min_requests.unwrap_or(DEFAULT_SEQUENTIAL_MIN_REQUESTS),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Checks what serde cannot; returns a field path relative to the metric and what is wrong.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if self.name.is_empty() {
@@ -216,15 +253,35 @@ impl MetricSpec {
                     }
                     _ => {}
                 }
-                for code in &b.codes {
-                    if super::builtin::parse_code(code).is_none() {
-                        return Err((
-                            "provider.builtin.codes".into(),
-                            format!(
-                                "`{code}` is not a status class like 5xx or a code in 400-431, 500-511"
-                            ),
-                        ));
-                    }
+                if let Some(a) = b.alpha
+                    && !(a > 0.0 && a <= 0.5)
+                {
+                    return Err((
+                        "provider.builtin.alpha".into(),
+                        format!("`{a}` is not in (0, 0.5]"),
+                    ));
+                }
+                if let Some(m) = b.min_effect
+                    && !(0.1..=10.0).contains(&m)
+                {
+                    return Err((
+                        "provider.builtin.minEffect".into(),
+                        format!("`{m}` is not in 0.1..10 (0.2 = 20 % worse than stable)"),
+                    ));
+                }
+                let sequential = self.sequential().is_some();
+                if !sequential && (b.alpha.is_some() || b.min_effect.is_some()) {
+                    return Err((
+                        "provider.builtin".into(),
+                        "alpha and minEffect belong to the sequential judge: errorRate or latency with `compare: stable` and no successCondition or failureCondition".into(),
+                    ));
+                }
+                // The windows keep a minute: a look must come before its seconds are gone.
+                if sequential && self.interval > Duration::from_secs(30) {
+                    return Err((
+                        "interval".into(),
+                        "the sequential judge looks at least every 30s".into(),
+                    ));
                 }
             }
             ProviderSpec::Prometheus(p) => {

@@ -2,12 +2,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::spec::MetricSpec;
+use super::sequential::{SequentialState, Slice};
+use super::spec::{MetricSpec, ProviderSpec};
 
 /// What a provider returned for one measurement.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reading {
     Value(f64),
+    /// Whole seconds of both versions' traffic, for the sequential judge.
+    Slices(Vec<Slice>),
     /// The provider answered but had nothing to judge (empty result, too few requests).
     NoData(String),
     /// The provider could not be asked (unreachable, timeout, bad answer).
@@ -36,6 +39,9 @@ pub struct Measurement {
     /// The requests a builtin measurement judged: served since its analysis run began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<RequestCounts>,
+    /// Seconds for the sequential judge to weigh; consumed by `MetricTally::add`.
+    #[serde(skip)]
+    pub slices: Option<Vec<Slice>>,
 }
 
 /// Requests behind a builtin measurement, per version.
@@ -80,6 +86,7 @@ pub fn judge(metric: &MetricSpec, reading: Reading, at: u64) -> Measurement {
             outcome: Outcome::Inconclusive,
             message: format!("result is {v}, not a number to judge"),
             requests: None,
+            slices: None,
         },
         Reading::Value(v) => {
             let (outcome, message) = match (&metric.failure_condition, &metric.success_condition) {
@@ -107,14 +114,25 @@ pub fn judge(metric: &MetricSpec, reading: Reading, at: u64) -> Measurement {
                 outcome,
                 message,
                 requests: None,
+                slices: None,
             }
         }
+        Reading::Slices(slices) => Measurement {
+            at,
+            value: None,
+            // Decided by `MetricTally::add`, which weighs the seconds.
+            outcome: Outcome::Successful,
+            message: String::new(),
+            requests: None,
+            slices: Some(slices),
+        },
         Reading::NoData(why) => Measurement {
             at,
             value: None,
             outcome: Outcome::Inconclusive,
             message: format!("no data: {why}"),
             requests: None,
+            slices: None,
         },
         Reading::Error(why) => Measurement {
             at,
@@ -122,6 +140,7 @@ pub fn judge(metric: &MetricSpec, reading: Reading, at: u64) -> Measurement {
             outcome: Outcome::Error,
             message: format!("provider error: {why}"),
             requests: None,
+            slices: None,
         },
     }
 }
@@ -148,10 +167,32 @@ pub struct MetricTally {
     pub consecutive_errors: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<Measurement>,
+    /// The sequential judge's test so far, for a metric it judges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequential: Option<SequentialState>,
 }
 
 impl MetricTally {
-    pub fn add(&mut self, m: Measurement) {
+    pub fn add(&mut self, mut m: Measurement, metric: &MetricSpec) {
+        if let (Some(slices), Some(settings), ProviderSpec::Builtin(b)) =
+            (m.slices.take(), metric.sequential(), &metric.provider)
+        {
+            let test = self
+                .sequential
+                .get_or_insert_with(|| SequentialState::new(&super::builtin::stream_names(b)));
+            test.update(&slices, &settings);
+            m.value = Some(test.e_value(settings.min_effect));
+            m.outcome = if test.regressed(&settings) {
+                Outcome::Failed
+            } else {
+                Outcome::Successful
+            };
+            m.message = test.summary(&settings);
+            m.requests = Some(RequestCounts {
+                canary: test.requests.canary,
+                stable: Some(test.requests.stable),
+            });
+        }
         match m.outcome {
             Outcome::Successful => self.successes += 1,
             Outcome::Failed => self.failures += 1,
@@ -190,12 +231,35 @@ impl MetricTally {
                 metric.name, self.inconclusives, metric.inconclusive_limit
             ));
         }
+        if let (Some(test), Some(settings)) = (&self.sequential, metric.sequential()) {
+            return match count {
+                Some(_) if test.cleared(&settings) => Verdict::Pass,
+                Some(n) if self.successes >= n => match self.short_of_requests(metric) {
+                    None => Verdict::Pass,
+                    Some(why) => Verdict::Inconclusive(format!("{why}: {last}")),
+                },
+                _ => Verdict::Running,
+            };
+        }
         match count {
             // Only measurements with a verdict count towards `count`, and a pass needs at
             // least one success: a run of "no data" never adds up to a pass.
             Some(n) if self.successes + self.failures >= n && self.successes > 0 => Verdict::Pass,
             _ => Verdict::Running,
         }
+    }
+
+    /// For a metric of the sequential judge: why it has not seen enough of the canary to
+    /// let it pass (fewer canary requests than `minRequests`), if it has not.
+    pub fn short_of_requests(&self, metric: &MetricSpec) -> Option<String> {
+        let settings = metric.sequential()?;
+        let judged = self.sequential.as_ref().map_or(0, |t| t.requests.canary);
+        (judged < settings.min_requests).then(|| {
+            format!(
+                "metric `{}`: {judged} canary requests judged, fewer than minRequests {}",
+                metric.name, settings.min_requests
+            )
+        })
     }
 }
 
@@ -215,6 +279,8 @@ mod tests {
                 window: Duration::from_secs(10),
                 codes: vec![],
                 compare: None,
+                alpha: None,
+                min_effect: None,
             }),
             interval: Duration::from_secs(1),
             count: Some(3),
@@ -258,21 +324,21 @@ mod tests {
     fn limits_decide_the_verdict() {
         let m = metric();
         let mut t = MetricTally::default();
-        t.add(judge(&m, Reading::Value(0.5), 0));
+        t.add(judge(&m, Reading::Value(0.5), 0), &m);
         assert_eq!(
             t.verdict(&m, Some(3)),
             Verdict::Running,
             "one failure is within the limit of 1"
         );
-        t.add(judge(&m, Reading::Value(0.0), 0));
-        t.add(judge(&m, Reading::Value(0.0), 0));
+        t.add(judge(&m, Reading::Value(0.0), 0), &m);
+        t.add(judge(&m, Reading::Value(0.0), 0), &m);
         assert_eq!(t.verdict(&m, Some(3)), Verdict::Pass);
         assert_eq!(
             t.verdict(&m, None),
             Verdict::Running,
             "background metrics never pass by count"
         );
-        t.add(judge(&m, Reading::Value(0.5), 0));
+        t.add(judge(&m, Reading::Value(0.5), 0), &m);
         assert!(
             matches!(t.verdict(&m, Some(3)), Verdict::Fail(r) if r.contains("2 failed measurement(s), limit 1"))
         );
@@ -284,16 +350,16 @@ mod tests {
         m.inconclusive_limit = 5;
         let mut t = MetricTally::default();
         for _ in 0..4 {
-            t.add(judge(&m, Reading::NoData("empty".into()), 0));
+            t.add(judge(&m, Reading::NoData("empty".into()), 0), &m);
             assert_eq!(t.verdict(&m, Some(2)), Verdict::Running);
         }
-        t.add(judge(&m, Reading::Value(0.0), 0));
+        t.add(judge(&m, Reading::Value(0.0), 0), &m);
         assert_eq!(
             t.verdict(&m, Some(2)),
             Verdict::Running,
             "one judged measurement of two"
         );
-        t.add(judge(&m, Reading::Value(0.0), 0));
+        t.add(judge(&m, Reading::Value(0.0), 0), &m);
         assert_eq!(t.verdict(&m, Some(2)), Verdict::Pass);
     }
 
@@ -302,13 +368,16 @@ mod tests {
         let m = metric();
         let mut t = MetricTally::default();
         for _ in 0..3 {
-            t.add(judge(&m, Reading::Error("connection refused".into()), 0));
+            t.add(
+                judge(&m, Reading::Error("connection refused".into()), 0),
+                &m,
+            );
         }
         assert!(
             matches!(t.verdict(&m, Some(1)), Verdict::Inconclusive(r) if r.contains("3 provider errors in a row"))
         );
         let mut t = MetricTally::default();
-        t.add(judge(&m, Reading::NoData("empty result".into()), 0));
+        t.add(judge(&m, Reading::NoData("empty result".into()), 0), &m);
         assert!(
             matches!(t.verdict(&m, Some(1)), Verdict::Inconclusive(r) if r.contains("no data: empty result"))
         );

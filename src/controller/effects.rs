@@ -50,7 +50,8 @@ pub(super) fn measure(
         stable: (stable != canary).then(|| inner.metrics.version(route, &stable)),
         canary_endpoints,
         // The run's start on the process clock the windows count in.
-        since_ms: crate::clock::now_ms().saturating_sub(unix_ms().saturating_sub(since)),
+        since_ms: since.saturating_sub(crate::clock::unix_offset_ms()),
+        unix_offset_ms: crate::clock::unix_offset_ms(),
     };
     tokio::spawn(async move {
         // The provider's own timeout applies inside; this one only guards against a hang.

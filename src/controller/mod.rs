@@ -6,7 +6,7 @@ mod metrics;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -70,9 +70,7 @@ enum Wake {
 
 /// Unix milliseconds now.
 pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::clock::unix_now_ms()
 }
 
 impl Controller {
@@ -143,7 +141,11 @@ impl Controller {
         let rollouts = self.inner.lock();
         let view: Vec<_> = rollouts
             .values()
-            .map(|r| (&r.status, r.versions.as_slice()))
+            .map(|r| metrics::RolloutView {
+                status: &r.status,
+                versions: &r.versions,
+                spec: &r.spec,
+            })
             .collect();
         self.inner.counters.render(&view, out);
     }
@@ -289,7 +291,7 @@ impl Inner {
         let mut rollouts = self.lock();
         let r = rollouts.get_mut(route)?;
         for m in &measured {
-            self.counters.count_verdict(route, r, m);
+            self.counters.count_verdict(route, &r.spec, &r.status, m);
         }
         let obs = self.observations(route, r, measured);
         let decision = rollout::decide(&r.spec, &r.status, &obs);

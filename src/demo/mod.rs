@@ -132,7 +132,9 @@ fn live_line(proxy: &ProxyProcess, status: &RolloutStatus) -> String {
     let mut line = format!("{:<11}", status.phase.as_str());
     if let Some(route) = table.route("app") {
         for v in &route.versions {
-            let w = v.stats.window(Duration::from_secs(3), 0);
+            let w = v
+                .stats
+                .window(crate::clock::now_ms(), Duration::from_secs(3), 0);
             line.push_str(&format!(
                 " | {} {:>3}% {:>4.0} req/s err {:>5.1}% p99 {:>6}",
                 v.name,

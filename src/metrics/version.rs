@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use super::window::{Window, WindowSnapshot};
+use super::window::{SecondCounts, Window, WindowSnapshot};
 use crate::clock;
 
 /// Prometheus histogram bucket bounds, in seconds.
@@ -118,10 +118,16 @@ impl VersionStats {
         self.connect_errors.fetch_add(1, Relaxed);
     }
 
-    /// The last `span` (up to a minute) of this version's traffic, from `since_ms` on
-    /// (process clock, `clock::now_ms`).
-    pub fn window(&self, span: Duration, since_ms: u64) -> WindowSnapshot {
-        self.window.snapshot(clock::now_ms(), span, since_ms)
+    /// The last `span` (up to a minute) before `now_ms` of this version's traffic, from
+    /// `since_ms` on (process clock, `clock::now_ms`).
+    pub fn window(&self, now_ms: u64, span: Duration, since_ms: u64) -> WindowSnapshot {
+        self.window.snapshot(now_ms, span, since_ms)
+    }
+
+    /// What this version did in `second` (process clock), once that second is over; None
+    /// once it has left the window.
+    pub fn second(&self, second: u64) -> Option<SecondCounts> {
+        self.window.second(second)
     }
 
     pub fn totals(&self) -> VersionTotals {

@@ -132,6 +132,63 @@ impl Window {
     }
 }
 
+impl Window {
+    /// What was counted in `second` (process clock), once it is over: all zeros when nothing
+    /// was, None when its slot has been reused for a later second (more than a minute ago).
+    pub fn second(&self, second: u64) -> Option<SecondCounts> {
+        let slot = &self.slots[(second % WINDOW_SECONDS as u64) as usize];
+        let held = slot.second.load(Relaxed);
+        if held != second && held != u64::MAX && held > second {
+            return None;
+        }
+        let mut counts = SecondCounts {
+            second,
+            by_class: [0; 5],
+            by_code: [0; DETAIL_CODES],
+            latency: [0; LATENCY_BUCKETS],
+        };
+        if held == second {
+            load_into(&mut counts.by_class, &slot.by_class);
+            load_into(&mut counts.by_code, &slot.by_code);
+            load_into(&mut counts.latency, &slot.latency);
+            // Cleared for a new second while we read: the counts are not this second's.
+            if slot.second.load(Relaxed) != second {
+                return None;
+            }
+        }
+        Some(counts)
+    }
+}
+
+fn load_into(out: &mut [u64], from: &[AtomicU64]) {
+    for (o, c) in out.iter_mut().zip(from) {
+        *o = c.load(Relaxed);
+    }
+}
+
+/// What one version did in one second.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecondCounts {
+    /// The second, on the process clock.
+    pub second: u64,
+    /// Responses by status class: index 0 is 1xx, 4 is 5xx.
+    pub by_class: [u64; 5],
+    by_code: [u64; DETAIL_CODES],
+    /// Responses by latency bucket (`latency_bucket`).
+    pub latency: [u64; LATENCY_BUCKETS],
+}
+
+impl SecondCounts {
+    pub fn requests(&self) -> u64 {
+        self.by_class.iter().sum()
+    }
+
+    /// Responses with status `code` (one of the codes counted one by one: 400-431, 500-511).
+    pub fn with_code(&self, code: u16) -> u64 {
+        detail_index(code).map_or(0, |i| self.by_code[i])
+    }
+}
+
 fn class_index(status: u16) -> usize {
     (usize::from(status / 100)).clamp(1, 5) - 1
 }
@@ -191,6 +248,22 @@ impl WindowSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_second_at_a_time() {
+        let w = Window::default();
+        w.record(7_100, 200, 10);
+        w.record(7_900, 503, 1000);
+        w.record(9_000, 200, 10);
+        let s = w.second(7).expect("kept");
+        assert_eq!((s.requests(), s.by_class[4], s.with_code(503)), (2, 1, 1));
+        assert_eq!(s.latency[latency_bucket(1000)], 1);
+        assert_eq!(w.second(8).expect("a quiet second").requests(), 0);
+        // 60 s later slot 7 holds second 67: second 7 is gone, not reported as quiet.
+        w.record(67_000, 200, 10);
+        assert_eq!(w.second(7), None);
+        assert_eq!(w.second(67).expect("kept").requests(), 1);
+    }
 
     #[test]
     fn seconds_before_since_are_left_out() {

@@ -147,6 +147,8 @@ pub fn command(
             )));
         }
         Command::Promote { full } if rolling => {
+            // Past the last step only the evidence gate holds the rollout: promote lifts it.
+            e.promoted_by_hand = full || st.step >= spec.steps.len();
             if full {
                 e.event(EventKind::Promoted, "promoted to 100% by hand".into());
                 e.complete();
@@ -182,6 +184,10 @@ pub fn command(
                 e.st.phase = Phase::Progressing;
                 e.st.pause = None;
                 e.st.last_progress_at = e.now;
+                if e.st.step >= spec.steps.len() {
+                    // Waiting for evidence at the end: the wait starts again.
+                    e.st.step_started_at = e.now;
+                }
                 e.event(EventKind::Resumed, "resumed by hand".into());
             }
             None => return Err(refuse("it is not paused".into())),
@@ -215,6 +221,8 @@ struct Engine {
     events: Vec<Event>,
     effects: Vec<Effect>,
     wake_at: Option<u64>,
+    /// A human promoted past the end of the steps: the rollout may complete on less evidence.
+    promoted_by_hand: bool,
 }
 
 impl Engine {
@@ -225,6 +233,7 @@ impl Engine {
             events: Vec::new(),
             effects: Vec::new(),
             wake_at: None,
+            promoted_by_hand: false,
         }
     }
 
@@ -282,7 +291,7 @@ impl Engine {
                 if let (Some(m), Some(metric)) =
                     (run.metrics.get_mut(r.metric), specs.get(r.metric))
                 {
-                    m.tally.add(r.measurement.clone());
+                    m.tally.add(r.measurement.clone(), metric);
                     m.pending = false;
                     m.next_at = r.measurement.at.max(self.now) + millis(metric.interval);
                     recorded = true;
@@ -403,6 +412,9 @@ impl Engine {
                 return;
             }
             let Some(step) = spec.steps.get(self.st.step) else {
+                if !self.promoted_by_hand && self.await_background_evidence(spec) {
+                    return;
+                }
                 self.complete();
                 return;
             };
@@ -487,6 +499,34 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// With the steps done, holds the rollout at its weight until every sequential
+    /// background metric has judged `minRequests` canary requests: never a pass on no data.
+    /// Past the progress deadline it pauses for a human. True while it holds.
+    fn await_background_evidence(&mut self, spec: &RolloutSpec) -> bool {
+        let (Some(bg), Some(run)) = (&spec.analysis, &self.st.background_analysis) else {
+            return false;
+        };
+        let short = bg
+            .metrics
+            .iter()
+            .zip(&run.metrics)
+            .find_map(|(metric, m)| m.tally.short_of_requests(metric));
+        let Some(why) = short else { return false };
+        let deadline = self.st.step_started_at + millis(spec.progress_deadline);
+        if self.now >= deadline {
+            self.pause(
+                PauseReason::Inconclusive,
+                format!("background analysis inconclusive at the end of the steps, waiting for a human: {why}"),
+            );
+        } else {
+            self.st.message = format!(
+                "steps done; completing once the background analysis has judged enough of the canary: {why}"
+            );
+            self.wake(deadline);
+        }
+        true
     }
 
     /// Judges the background analysis; true when it aborted or paused the rollout.
@@ -635,7 +675,10 @@ impl Engine {
                         run_id: run.id,
                         index,
                         metric: Box::new(metric.clone()),
-                        since: run.started_at,
+                        // The sequential judge looks on from the seconds it weighed last.
+                        since: run
+                            .started_at
+                            .max(m.tally.sequential.as_ref().map_or(0, |t| t.through)),
                     }));
                 } else {
                     wake = Some(wake.map_or(m.next_at, |w| w.min(m.next_at)));
@@ -684,6 +727,9 @@ fn overall(specs: &[MetricSpec], runs: &[MetricRun], background: bool) -> Verdic
 fn summarize(runs: &[MetricRun]) -> String {
     runs.iter()
         .map(|m| {
+            if let (Some(_), Some(last)) = (&m.tally.sequential, &m.tally.last) {
+                return format!("{}: {}", m.name, last.message);
+            }
             let last = m
                 .tally
                 .last

@@ -725,3 +725,152 @@ fn history_is_bounded() {
     assert_eq!(s.status.history.len(), crate::rollout::status::HISTORY_LEN);
     assert_eq!(s.kinds().last(), Some(&EventKind::StepCompleted));
 }
+
+const SEQUENTIAL: &str = r#"
+canary: v2
+steps:
+  - setWeight: 10
+  - analysis:
+      metrics:
+        - name: errors
+          interval: 1s
+          count: 30
+          provider: {builtin: {metric: errorRate, compare: stable}}
+  - setWeight: 50
+analysis:
+  metrics:
+    - name: errors-bg
+      interval: 1s
+      minRequests: 500
+      provider: {builtin: {metric: errorRate, compare: stable}}
+progressDeadline: 2m
+"#;
+
+/// One second of traffic per pending Measure effect: `canary`/`stable` requests and errors.
+fn seconds(s: &mut Sim, canary: (u64, u64), stable: (u64, u64)) -> usize {
+    use crate::analysis::sequential::{Pair, Slice};
+    let start = s.now - SEC;
+    let slice = Slice {
+        start,
+        requests: Pair {
+            canary: canary.0,
+            stable: stable.0,
+        },
+        events: vec![Pair {
+            canary: canary.1,
+            stable: stable.1,
+        }],
+    };
+    s.measure(Reading::Slices(vec![slice]))
+}
+
+#[test]
+fn the_sequential_judge_rolls_back_a_canary_failing_more_than_stable() {
+    let mut s = Sim::new(SEQUENTIAL);
+    s.tick();
+    assert_eq!(s.weight(), 1000);
+    let mut looks = 0;
+    while s.status.phase == Phase::Progressing && looks < 60 {
+        s.advance(SEC);
+        // 10 % canary at 200 req/s: the canary fails 10 % of its requests, stable 1 %.
+        seconds(&mut s, (20, 2), (180, 2));
+        looks += 1;
+    }
+    assert_eq!(s.status.phase, Phase::Degraded, "{}", s.status.message);
+    assert!(looks <= 20, "caught after {looks} s");
+    let m = &s.status.message;
+    assert!(
+        m.contains("e-value") && m.contains("rollback at 100") && m.contains("canary and"),
+        "the reason gives the statistic, its threshold and the counts: {m}"
+    );
+}
+
+#[test]
+fn a_sequential_step_passes_when_its_time_is_up_with_enough_requests() {
+    let mut s = Sim::new(SEQUENTIAL);
+    s.tick();
+    for _ in 0..30 {
+        s.advance(SEC);
+        seconds(&mut s, (20, 0), (180, 2));
+    }
+    let passed = s
+        .status
+        .history
+        .iter()
+        .find(|e| e.message.starts_with("step 2: analysis passed"));
+    assert!(
+        passed.is_some_and(|e| e.message.contains("600 canary")),
+        "{:#?}",
+        s.status.history
+    );
+    assert_eq!(s.status.phase, Phase::Healthy, "{}", s.status.message);
+}
+
+#[test]
+fn a_sequential_step_with_too_few_canary_requests_waits_for_a_human() {
+    let mut s = Sim::new(SEQUENTIAL);
+    s.tick();
+    for _ in 0..30 {
+        s.advance(SEC);
+        seconds(&mut s, (2, 0), (180, 2));
+    }
+    assert_eq!(s.status.phase, Phase::Paused);
+    assert_eq!(
+        s.status.pause.as_ref().map(|p| p.reason),
+        Some(PauseReason::Inconclusive)
+    );
+    assert!(
+        s.status
+            .message
+            .contains("60 canary requests judged, fewer than minRequests 100"),
+        "{}",
+        s.status.message
+    );
+}
+
+#[test]
+fn the_rollout_completes_only_once_the_background_judge_saw_enough_of_the_canary() {
+    let mut s = Sim::new(SEQUENTIAL);
+    s.tick();
+    s.cmd(Command::Promote { full: false }).unwrap();
+    assert_eq!(s.weight(), 5000);
+    // 5 canary requests a second: 500 take 100 s.
+    for _ in 0..60 {
+        s.advance(SEC);
+        seconds(&mut s, (5, 0), (5, 0));
+    }
+    assert_eq!(s.status.phase, Phase::Progressing);
+    assert!(
+        s.status
+            .message
+            .contains("completing once the background analysis"),
+        "{}",
+        s.status.message
+    );
+    for _ in 0..45 {
+        s.advance(SEC);
+        seconds(&mut s, (5, 0), (5, 0));
+    }
+    assert_eq!(s.status.phase, Phase::Healthy, "{}", s.status.message);
+    assert_eq!(s.status.stable, "v2");
+}
+
+#[test]
+fn without_enough_evidence_by_the_deadline_a_human_decides() {
+    let mut s = Sim::new(SEQUENTIAL);
+    s.tick();
+    s.cmd(Command::Promote { full: false }).unwrap();
+    for _ in 0..121 {
+        s.advance(SEC);
+        seconds(&mut s, (1, 0), (1, 0));
+    }
+    assert_eq!(
+        s.status.pause.as_ref().map(|p| p.reason),
+        Some(PauseReason::Inconclusive),
+        "{}",
+        s.status.message
+    );
+    s.cmd(Command::Promote { full: false }).unwrap();
+    assert_eq!(s.status.phase, Phase::Healthy);
+    assert_eq!(s.status.stable, "v2");
+}
