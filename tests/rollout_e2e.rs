@@ -829,3 +829,107 @@ async fn a_new_revision_is_judged_on_its_own_requests_only() {
 async fn after_a_restart_a_new_revision_starts_with_an_empty_window() {
     new_revision_after_a_failed_one(true).await;
 }
+
+/// The sequential judge on real traffic: a canary failing as often as stable is kept and its
+/// step passes when its time is up; the same canary failing five times as often is rolled
+/// back, with the statistic, its threshold and the counts in the reason and in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sequential_judge_keeps_a_canary_as_good_as_stable_and_rolls_back_a_worse_one() {
+    let (v1, v2) = (app("v1").await, app("v2").await);
+    // Both fail one request in twenty, in a fixed pattern.
+    v1.fail_every.store(20, SeqCst);
+    v2.fail_every.store(20, SeqCst);
+    let files = tempfile::tempdir().expect("temp dir");
+    let rollout = r#"      canary: v2
+      steps:
+        - setWeight: 20
+        - analysis:
+            metrics:
+              - name: p99-vs-stable
+                interval: 500ms
+                count: 6
+                minRequests: 50
+                provider: {builtin: {metric: latency, quantile: 0.99, compare: stable, alpha: 0.001}}
+        - setWeight: 30
+        - pause: {duration: 60s}
+      analysis:
+        metrics:
+          - name: errors-vs-stable
+            interval: 500ms
+            minRequests: 50
+            provider: {builtin: {metric: errorRate, compare: stable, alpha: 0.001}}
+"#;
+    let proxy = TestProxy::start(&config(v1.addr, v2.addr, files.path(), rollout)).await;
+    let p = &proxy.process;
+    let load = Load::start(
+        proxy.addr(),
+        Instant::now(),
+        4,
+        Duration::from_millis(10),
+        None,
+    );
+    let limit = Duration::from_secs(20);
+    let s = wait_status(p, "app", "the latency step passed on time", limit, |s| {
+        s.step >= 3 || s.phase == Phase::Degraded
+    })
+    .await;
+    assert_eq!(s.phase, Phase::Progressing, "{}", s.message);
+    let passed = s
+        .history
+        .iter()
+        .find(|e| e.message.starts_with("step 2: analysis passed"))
+        .unwrap_or_else(|| panic!("{:#?}", s.history));
+    assert!(
+        passed.message.contains("e-value") && passed.message.contains("canary and"),
+        "{}",
+        passed.message
+    );
+
+    // Ten more seconds as good as stable: kept, with the evidence shown.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let s = p.controller.status("app").expect("status");
+    assert_eq!(s.phase, Phase::Progressing, "{}", s.message);
+    let tally = &s
+        .background_analysis
+        .as_ref()
+        .expect("background run")
+        .metrics[0]
+        .tally;
+    let test = tally
+        .sequential
+        .as_ref()
+        .expect("the sequential judge's state");
+    assert!(test.requests.canary >= 200, "{test:?}");
+    let m = proxy.metrics().await;
+    let labels = [("route", "app"), ("metric", "errors-vs-stable")];
+    assert!(sample(&m, "tidegate_analysis_evalue", &labels) < 1000.0);
+    assert_eq!(
+        sample(&m, "tidegate_analysis_evalue_threshold", &labels),
+        1000.0
+    );
+    assert!(
+        sample(
+            &m,
+            "tidegate_analysis_requests",
+            &[("metric", "errors-vs-stable"), ("version", "v2")]
+        ) >= 200.0
+    );
+
+    // Now the canary fails one request in four: rolled back within seconds.
+    v2.fail_every.store(4, SeqCst);
+    let s = wait_status(p, "app", "the rollback", limit, |s| {
+        s.phase == Phase::Degraded
+    })
+    .await;
+    assert!(
+        s.message.contains("errors-vs-stable")
+            && s.message
+                .contains("the canary is worse than stable: e-value")
+            && s.message.contains("(rollback at 1000, alpha 0.001)"),
+        "{}",
+        s.message
+    );
+    assert_eq!(table_weight(p, "app", "v2"), Some(0));
+    load.stop().await;
+    proxy.process.shutdown().await;
+}

@@ -35,15 +35,19 @@ pub fn all() -> Vec<Box<dyn Judge>> {
         Box::new(EngineJudge::new(SEQUENTIAL)),
         Box::new(EngineJudge::new(FIXED)),
         Box::new(EngineJudge::new(FLAGGER)),
-        Box::new(Kayenta::default()),
+        Box::new(Kayenta::new(0.02)),
+        Box::new(EngineJudge::new(FIXED_CALIBRATED)),
+        Box::new(Kayenta::new(0.0002)),
     ]
 }
 
-pub const NAMES: [&str; 4] = [
+pub const NAMES: [&str; 6] = [
     "sequential",
     "fixed (rollout.yaml)",
     "flagger-like",
     "kayenta-like",
+    "fixed, calibrated",
+    "kayenta, calibrated",
 ];
 
 /// A rollout held at 10 % for an hour, judged by background analysis only.
@@ -79,6 +83,23 @@ const FIXED: &str = "
       inconclusiveLimit: 30
       provider: {builtin: {metric: latency, quantile: 0.99, window: 30s, compare: stable}}
       successCondition: result <= 1.2
+";
+
+/// Today's rule with its limits widened until it rolls back at most 1 % of the healthy
+/// canaries here: what it would take to use it without false rollbacks.
+const FIXED_CALIBRATED: &str = "
+    - name: errors-vs-stable
+      interval: 1s
+      minRequests: 20
+      inconclusiveLimit: 30
+      provider: {builtin: {metric: errorRate, window: 10s, compare: stable}}
+      failureCondition: result > 0.1
+    - name: p99-vs-stable
+      interval: 20s
+      failureLimit: 1
+      inconclusiveLimit: 30
+      provider: {builtin: {metric: latency, quantile: 0.99, window: 30s, compare: stable}}
+      successCondition: result <= 3
 ";
 
 /// Flagger's defaults: request success rate of at least 99 % and p99 under a fixed limit
@@ -184,11 +205,21 @@ impl Judge for EngineJudge {
 
 /// Kayenta's NetflixACAJudge with its Mann-Whitney classifier: at the end of each one-minute
 /// interval, each metric (error indicator, latency) of the interval is compared; a metric is
-/// High when the two-sided test is significant at confidence 0.98 and the canary's mean is
-/// more than 25 % (the tolerance) above stable's. Any High metric fails the canary.
-#[derive(Default)]
+/// High when the two-sided test is significant at `1 - confidence` (0.02 by default) and the
+/// canary's mean is more than 25 % (the tolerance) above stable's. Any High metric fails the
+/// canary.
 pub struct Kayenta {
     judged_through_s: u64,
+    p_value: f64,
+}
+
+impl Kayenta {
+    pub fn new(p_value: f64) -> Kayenta {
+        Kayenta {
+            judged_through_s: 0,
+            p_value,
+        }
+    }
 }
 
 const KAYENTA_INTERVAL_S: u64 = 60;
@@ -226,7 +257,7 @@ impl Judge for Kayenta {
                     / n as f64
             };
             let p = 2.0 * (1.0 - phi(z.abs()));
-            p < 0.02 && z > 0.0 && mean(canary) > 1.25 * mean(stable)
+            p < self.p_value && z > 0.0 && mean(canary) > 1.25 * mean(stable)
         };
         let error_high = high(&errors(&c), &errors(&s), &|i| i as f64);
         let latency_high = high(&c.latency, &s.latency, &|i| bucket_upper_micros(i) as f64);

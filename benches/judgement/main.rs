@@ -30,6 +30,8 @@ use tidegate::routing::WeightSchedule;
 pub struct Verdict {
     /// ms from the start (or from the regression's onset) to the rollback.
     pub rolled_back_after: Option<u64>,
+    /// Rolled back before the regression began: a false rollback, not a detection.
+    pub rolled_back_early: bool,
     pub paused: bool,
     /// Bad canary responses (errors, or slower than the healthy p99) served before the
     /// canary's weight went to 0 (or by the end of the run).
@@ -58,8 +60,11 @@ pub fn simulate(scenario: &Scenario, seed: u64) -> Vec<Verdict> {
             if let Some(call) = j.look(now_ms, &canary, &stable) {
                 done[i] = true;
                 match call {
+                    Call::RolledBack(at) if at < scenario.onset_ms() => {
+                        verdicts[i].rolled_back_early = true
+                    }
                     Call::RolledBack(at) => {
-                        verdicts[i].rolled_back_after = Some(at.saturating_sub(scenario.onset_ms()))
+                        verdicts[i].rolled_back_after = Some(at - scenario.onset_ms())
                     }
                     Call::Paused(_) => verdicts[i].paused = true,
                 }
@@ -140,6 +145,7 @@ pub fn run_many(scenario: &Scenario, runs: usize, seed_base: u64) -> Vec<Vec<Ver
 /// A scenario's figures for one judge.
 pub struct Row {
     pub rolled_back: f64,
+    pub rolled_back_early: f64,
     pub paused: f64,
     pub median_s: Option<f64>,
     pub p95_s: Option<f64>,
@@ -162,6 +168,7 @@ pub fn row(verdicts: &[Verdict]) -> Row {
     };
     Row {
         rolled_back: times.len() as f64 / n,
+        rolled_back_early: verdicts.iter().filter(|v| v.rolled_back_early).count() as f64 / n,
         paused: verdicts.iter().filter(|v| v.paused).count() as f64 / n,
         median_s: quantile(0.5),
         p95_s: quantile(0.95),
@@ -209,7 +216,7 @@ fn main() {
     let args = args();
     let started = Instant::now();
     let mut table = String::from(
-        "| scenario | judge | rolled back | paused | detect median / p95 | within 60 s | bad canary responses |\n|---|---|---|---|---|---|---|\n",
+        "| scenario | judge | rolled back | paused | detect median / p95 | within 60 s (bound) | bad canary responses |\n|---|---|---|---|---|---|---|\n",
     );
     let mut scenarios: Vec<Scenario> = scenarios::healthy();
     scenarios.extend(scenarios::regressions());
@@ -238,8 +245,16 @@ fn main() {
                     r.bad_served
                 )
             } else {
+                let early = if r.rolled_back_early > 0.0 {
+                    format!(" (+{} before it began)", pct(r.rolled_back_early))
+                } else {
+                    String::new()
+                };
+                let bound = s
+                    .bound_at_60s()
+                    .map_or(String::new(), |b| format!(" ({})", pct(b)));
                 format!(
-                    "| {} | {name} | {} | {} | {} / {} | **{}** | {:.0} |\n",
+                    "| {} | {name} | {}{early} | {} | {} / {} | **{}**{bound} | {:.0} |\n",
                     s.name,
                     pct(r.rolled_back),
                     pct(r.paused),

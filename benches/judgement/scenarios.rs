@@ -334,6 +334,61 @@ impl World {
     }
 }
 
+impl Scenario {
+    /// The best any test at level 0.01 could do with one look at 60 s on the events this
+    /// regression adds (errors, or responses over the healthy p99), knowing stable's rate
+    /// exactly and the size of the regression: the chance it catches it. None if healthy.
+    pub fn bound_at_60s(&self) -> Option<f64> {
+        let (median, sigma) = match self.latency {
+            Latency::LogNormal { median_ms, sigma }
+            | Latency::HeavyTail {
+                median_ms, sigma, ..
+            } => (median_ms, sigma),
+        };
+        let p = self.base_errors;
+        // Canary event probability over the minute after the onset, and stable's.
+        let (canary, stable) = match self.change {
+            Change::None => return None,
+            Change::ErrorsPlus(pp) => (p + pp, p),
+            Change::ErrorsTimes(x) => (p * x, p),
+            Change::BadEndpoint { of, rate } => (p + rate / f64::from(of), p),
+            Change::Leak { points_per_minute } => (p + points_per_minute / 200.0, p),
+            Change::Burst { seconds, rate, .. } => {
+                ((seconds * rate + (60.0 - seconds) * p) / 60.0, p)
+            }
+            Change::P99Slower(x) => {
+                let p90 = median * (1.2816 * sigma).exp();
+                let p99 = median * (2.3263 * sigma).exp();
+                let k = ((1.0 + x) * p99 - p90) / (p99 - p90);
+                let z = ((p90 + (p99 - p90) / k) / median).ln() / sigma;
+                (1.0 - crate::judges::phi(z), 0.01)
+            }
+            Change::AllSlower(x) => (
+                1.0 - crate::judges::phi(2.3263 - (1.0 + x).ln() / sigma),
+                0.01,
+            ),
+        };
+        let requests = 60.0 * 200.0 * 0.1;
+        let (l0, l1) = (requests * stable, requests * canary);
+        let mut k = 0;
+        while poisson_at_least(l0, k) > 0.01 {
+            k += 1;
+        }
+        Some(poisson_at_least(l1, k))
+    }
+}
+
+/// P(X >= k) for X ~ Poisson(lambda).
+fn poisson_at_least(lambda: f64, k: u64) -> f64 {
+    let mut term = (-lambda).exp();
+    let mut below = 0.0;
+    for i in 0..k {
+        below += term;
+        term *= lambda / (i + 1) as f64;
+    }
+    (1.0 - below).max(0.0)
+}
+
 /// Stretches latencies above the healthy p90 so that the p99 grows by `x`.
 fn stretch_tail(s: &Scenario, ms: f64, x: f64) -> f64 {
     let (median, sigma) = match s.latency {

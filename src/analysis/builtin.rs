@@ -237,3 +237,70 @@ impl PooledLatency {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn metric(yaml: &str) -> BuiltinMetric {
+        serde_yaml::from_str(yaml).expect("builtin metric parses")
+    }
+
+    fn stats(name: &str) -> VersionStats {
+        VersionStats::new("app".into(), name.into())
+    }
+
+    #[test]
+    fn seconds_carry_each_versions_requests_and_errors() {
+        let (canary, stable) = (stats("v2"), stats("v1"));
+        for (v, status, at) in [
+            (&canary, 503, 2_100),
+            (&canary, 200, 2_200),
+            (&stable, 429, 2_300),
+            (&stable, 200, 2_400),
+            (&stable, 500, 3_100),
+        ] {
+            v.record_at(status, Duration::from_millis(5), at);
+        }
+        let errors = metric("{metric: errorRate, compare: stable}");
+        let s = slices(&errors, &canary, &stable, 2..4, 1_000_000);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].start, 1_002_000, "stamped in unix time");
+        assert_eq!(s[0].requests, Pair { canary: 2, stable: 2 });
+        assert_eq!(s[0].events, [Pair { canary: 1, stable: 0 }]);
+        assert_eq!(s[1].events, [Pair { canary: 0, stable: 1 }]);
+        let with_429 = metric("{metric: errorRate, compare: stable, codes: [5xx, 429]}");
+        let s = slices(&with_429, &canary, &stable, 2..3, 0);
+        assert_eq!(s[0].events, [Pair { canary: 1, stable: 1 }]);
+        assert_eq!(stream_names(&with_429), ["errors (5xx, 429)"]);
+    }
+
+    #[test]
+    fn slow_means_slower_than_the_pooled_quantile_of_the_seconds_before() {
+        let (canary, stable) = (stats("v2"), stats("v1"));
+        // Ten seconds of both versions at 10 ms, one response a second at 100 ms.
+        for s in 0..10u64 {
+            for i in 0..100 {
+                let ms = if i == 0 { 100 } else { 10 };
+                let v = if i % 10 == 0 { &canary } else { &stable };
+                v.record_at(200, Duration::from_millis(ms), s * 1000 + i);
+            }
+        }
+        // Second 10: the canary answers in 50 ms, stable as before.
+        for i in 0..100 {
+            let (v, ms) = if i % 10 == 0 { (&canary, 50) } else { (&stable, 10) };
+            v.record_at(200, Duration::from_millis(ms), 10_000 + i);
+        }
+        let latency = metric("{metric: latency, quantile: 0.9, compare: stable}");
+        assert_eq!(stream_names(&latency), ["responses slower than the pooled p90"]);
+        let s = slices(&latency, &canary, &stable, 10..11, 0);
+        // The pooled p90 of seconds 0-9 is 10 ms: all ten canary responses are slower.
+        assert_eq!(s[0].events, [Pair { canary: 10, stable: 0 }]);
+        // With nothing before, the second's own pooled p90 (10 ms) is the threshold: only the
+        // one 100 ms response, the canary's, is slower.
+        let s = slices(&latency, &canary, &stable, 0..1, 0);
+        assert_eq!(s[0].events, [Pair { canary: 1, stable: 0 }]);
+    }
+}

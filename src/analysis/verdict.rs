@@ -213,6 +213,12 @@ impl MetricTally {
             .last
             .as_ref()
             .map_or(String::new(), |m| m.message.clone());
+        if self.failures > metric.failure_limit && self.sequential.is_some() {
+            return Verdict::Fail(format!(
+                "metric `{}`: the canary is worse than stable: {last}",
+                metric.name
+            ));
+        }
         if self.failures > metric.failure_limit {
             return Verdict::Fail(format!(
                 "metric `{}`: {} failed measurement(s), limit {}: {last}",

@@ -35,13 +35,15 @@ pub fn micros_since(epoch: Instant) -> u64 {
 
 /// One app version on loopback. `GET /slow?ms=N` answers after N ms; `GET /ws` with
 /// `Upgrade: websocket` switches protocols, greets with the version name and echoes;
-/// anything else answers the name (200), or 500 while `failing` is set.
+/// anything else answers the name (200), or 500 while `failing` is set or when it is the
+/// `fail_every`-th request (0: never).
 pub struct App {
     pub name: &'static str,
     pub addr: SocketAddr,
     /// Requests received (upgrades included).
     pub hits: Arc<AtomicU64>,
     pub failing: Arc<AtomicBool>,
+    pub fail_every: Arc<AtomicU64>,
     /// Latest `x-sent-us` seen on a request that is not held open (`/slow`, `/ws` excluded):
     /// when the last short request that reached this version was sent.
     pub last_sent_us: Arc<AtomicU64>,
@@ -54,16 +56,18 @@ pub async fn app(name: &'static str) -> App {
     let failing = Arc::new(AtomicBool::new(false));
     let last_sent_us = Arc::new(AtomicU64::new(0));
     let tagged_held = Arc::new(AtomicU64::new(0));
-    let (h, f, l, t) = (
+    let fail_every = Arc::new(AtomicU64::new(0));
+    let (h, f, l, t, e) = (
         hits.clone(),
         failing.clone(),
         last_sent_us.clone(),
         tagged_held.clone(),
+        fail_every.clone(),
     );
     let addr = serve(move |req: Request<Incoming>| {
-        let (h, f, l, t) = (h.clone(), f.clone(), l.clone(), t.clone());
+        let (h, f, l, t, e) = (h.clone(), f.clone(), l.clone(), t.clone(), e.clone());
         async move {
-            h.fetch_add(1, SeqCst);
+            let hit = h.fetch_add(1, SeqCst) + 1;
             let path = req.uri().path().to_string();
             if path == "/ws" && req.headers().contains_key(http::header::UPGRADE) {
                 return switch_to_echo(name, req);
@@ -94,7 +98,8 @@ pub async fn app(name: &'static str) -> App {
             {
                 l.fetch_max(sent, SeqCst);
             }
-            if f.load(SeqCst) {
+            let every = e.load(SeqCst);
+            if f.load(SeqCst) || (every > 0 && hit % every == 0) {
                 reply(StatusCode::INTERNAL_SERVER_ERROR, "broken")
             } else {
                 reply(StatusCode::OK, name)
@@ -107,6 +112,7 @@ pub async fn app(name: &'static str) -> App {
         addr,
         hits,
         failing,
+        fail_every,
         last_sent_us,
         tagged_held,
     }
