@@ -1,8 +1,9 @@
-//! Rollback latency: how long a canary that starts failing keeps traffic, with builtin analysis.
+//! Rollback latency: how long a canary that starts failing keeps traffic, with the sequential
+//! judge.
 //!
 //! Each run starts a proxy in-process with two loopback app versions and a rollout holding the
-//! canary at 20 % under steady open-loop load, lets the background analysis (errorRate against
-//! stable) pass a few times, then makes the canary answer 500 at a random moment and times the
+//! canary at 20 % under steady open-loop load, lets the background analysis (the sequential
+//! judge on errorRate against stable, as config/rollout.yaml has it) look a few times, then makes the canary answer 500 at a random moment and times the
 //! flip until the canary's weight is 0 in the live route table (polled every 2 ms). Client
 //! errors are counted from the flip on. Run with `cargo bench --bench rollback_latency`;
 //! `ROLLBACK_RUNS` (default 7), `ROLLBACK_RATE` (req/s, default 400) and
@@ -27,8 +28,6 @@ use tidegate::runtime::ProxyProcess;
 use tokio::net::TcpListener;
 
 const CANARY_WEIGHT_BPS: u16 = 2000;
-const WINDOW: &str = "3s";
-const THRESHOLD: &str = "0.05";
 
 fn main() {
     let runs: usize = env_or("ROLLBACK_RUNS", 7);
@@ -44,8 +43,8 @@ fn main() {
         .build()
         .expect("tokio runtime");
     println!(
-        "rollback latency: canary at {}%, {rate} req/s open-loop load, builtin errorRate vs stable \
-         over {WINDOW}, fails at > {THRESHOLD}; {runs} runs per interval",
+        "rollback latency: canary at {}%, {rate} req/s open-loop load, sequential judge on \
+         errorRate vs stable (alpha 0.005); {runs} runs per interval",
         CANARY_WEIGHT_BPS / 100
     );
     for interval in intervals {
@@ -122,10 +121,7 @@ routes:
         metrics:
           - name: errors-vs-stable
             interval: {}ms
-            minRequests: 10
-            inconclusiveLimit: 10
-            provider: {{builtin: {{metric: errorRate, window: {WINDOW}, compare: stable}}}}
-            failureCondition: result > {THRESHOLD}
+            provider: {{builtin: {{metric: errorRate, compare: stable, alpha: 0.005}}}}
 "#,
         CANARY_WEIGHT_BPS / 100,
         interval.as_millis()
@@ -137,7 +133,7 @@ routes:
 
     let epoch = Instant::now();
     let load = Load::start(web, rate, epoch);
-    // Healthy first: the canary takes its 20 % and passes a few measurements.
+    // Healthy first: the canary takes its 20 % and is looked at a few times.
     wait(Duration::from_secs(20), || {
         proxy.controller.status("app").is_some_and(|s| {
             s.phase == Phase::Paused

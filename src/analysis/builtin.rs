@@ -140,6 +140,7 @@ pub fn slices(
             };
             Some(Slice {
                 start: unix_offset_ms + s * 1000,
+                running: false,
                 requests: Pair {
                     canary: c.requests(),
                     stable: st.requests(),
@@ -268,12 +269,36 @@ mod tests {
         let s = slices(&errors, &canary, &stable, 2..4, 1_000_000);
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].start, 1_002_000, "stamped in unix time");
-        assert_eq!(s[0].requests, Pair { canary: 2, stable: 2 });
-        assert_eq!(s[0].events, [Pair { canary: 1, stable: 0 }]);
-        assert_eq!(s[1].events, [Pair { canary: 0, stable: 1 }]);
+        assert_eq!(
+            s[0].requests,
+            Pair {
+                canary: 2,
+                stable: 2
+            }
+        );
+        assert_eq!(
+            s[0].events,
+            [Pair {
+                canary: 1,
+                stable: 0
+            }]
+        );
+        assert_eq!(
+            s[1].events,
+            [Pair {
+                canary: 0,
+                stable: 1
+            }]
+        );
         let with_429 = metric("{metric: errorRate, compare: stable, codes: [5xx, 429]}");
         let s = slices(&with_429, &canary, &stable, 2..3, 0);
-        assert_eq!(s[0].events, [Pair { canary: 1, stable: 1 }]);
+        assert_eq!(
+            s[0].events,
+            [Pair {
+                canary: 1,
+                stable: 1
+            }]
+        );
         assert_eq!(stream_names(&with_429), ["errors (5xx, 429)"]);
     }
 
@@ -290,17 +315,36 @@ mod tests {
         }
         // Second 10: the canary answers in 50 ms, stable as before.
         for i in 0..100 {
-            let (v, ms) = if i % 10 == 0 { (&canary, 50) } else { (&stable, 10) };
+            let (v, ms) = if i % 10 == 0 {
+                (&canary, 50)
+            } else {
+                (&stable, 10)
+            };
             v.record_at(200, Duration::from_millis(ms), 10_000 + i);
         }
         let latency = metric("{metric: latency, quantile: 0.9, compare: stable}");
-        assert_eq!(stream_names(&latency), ["responses slower than the pooled p90"]);
+        assert_eq!(
+            stream_names(&latency),
+            ["responses slower than the pooled p90"]
+        );
         let s = slices(&latency, &canary, &stable, 10..11, 0);
         // The pooled p90 of seconds 0-9 is 10 ms: all ten canary responses are slower.
-        assert_eq!(s[0].events, [Pair { canary: 10, stable: 0 }]);
+        assert_eq!(
+            s[0].events,
+            [Pair {
+                canary: 10,
+                stable: 0
+            }]
+        );
         // With nothing before, the second's own pooled p90 (10 ms) is the threshold: only the
         // one 100 ms response, the canary's, is slower.
         let s = slices(&latency, &canary, &stable, 0..1, 0);
-        assert_eq!(s[0].events, [Pair { canary: 1, stable: 0 }]);
+        assert_eq!(
+            s[0].events,
+            [Pair {
+                canary: 1,
+                stable: 0
+            }]
+        );
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use condition::Condition;
+use sequential::Slice;
 pub use spec::{AnalysisSpec, BackgroundAnalysis, MetricSpec, ProviderSpec};
 pub use verdict::{Measurement, MetricTally, Outcome, Reading, RequestCounts, Verdict, judge};
 
@@ -108,8 +109,13 @@ pub fn measure_seconds(
         let why = "no stable version to compare with";
         return (Reading::NoData(why.into()), None);
     };
-    let seconds = ctx.since_ms.div_ceil(1000)..now_ms / 1000;
-    let slices = builtin::slices(b, canary, stable, seconds, ctx.unix_offset_ms);
+    let now_s = now_ms / 1000;
+    let seconds = ctx.since_ms.div_ceil(1000)..now_s;
+    let mut slices = builtin::slices(b, canary, stable, seconds, ctx.unix_offset_ms);
+    if ctx.since_ms <= now_s * 1000 {
+        let running = builtin::slices(b, canary, stable, now_s..now_s + 1, ctx.unix_offset_ms);
+        slices.extend(running.into_iter().map(|s| Slice { running: true, ..s }));
+    }
     (Reading::Slices(slices), None)
 }
 

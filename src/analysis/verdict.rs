@@ -181,16 +181,17 @@ impl MetricTally {
                 .sequential
                 .get_or_insert_with(|| SequentialState::new(&super::builtin::stream_names(b)));
             test.update(&slices, &settings);
-            m.value = Some(test.e_value(settings.min_effect));
-            m.outcome = if test.regressed(&settings) {
+            let now = test.with_running_second(&slices, &settings);
+            m.value = Some(now.e_value(settings.min_effect));
+            m.outcome = if now.regressed(&settings) {
                 Outcome::Failed
             } else {
                 Outcome::Successful
             };
-            m.message = test.summary(&settings);
+            m.message = now.summary(&settings);
             m.requests = Some(RequestCounts {
-                canary: test.requests.canary,
-                stable: Some(test.requests.stable),
+                canary: now.requests.canary,
+                stable: Some(now.requests.stable),
             });
         }
         match m.outcome {

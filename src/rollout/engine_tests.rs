@@ -752,6 +752,7 @@ fn seconds(s: &mut Sim, canary: (u64, u64), stable: (u64, u64)) -> usize {
     let start = s.now - SEC;
     let slice = Slice {
         start,
+        running: false,
         requests: Pair {
             canary: canary.0,
             stable: stable.0,
