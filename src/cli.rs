@@ -4,9 +4,9 @@ use std::fmt::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::format_percent;
 use crate::httpclient::{HttpError, HttpRequest};
 use crate::rollout::status::{PauseReason, Phase, RolloutStatus};
+use crate::units::format_percent;
 
 /// Exit codes scripts can rely on.
 pub mod exit {
@@ -142,7 +142,7 @@ impl AdminClient {
 
 /// Rollouts are named after routes; anything else could turn into another URL path (`a/abort`).
 fn check_rollout_name(name: &str) -> Result<(), CliError> {
-    if crate::config::is_valid_name(name) {
+    if crate::units::is_valid_name(name) {
         Ok(())
     } else {
         Err(CliError {

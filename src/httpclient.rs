@@ -42,7 +42,7 @@ pub enum HttpError {
         url: String,
         reason: String,
     },
-    #[error("{method} {url}: no complete answer within {}", crate::config::format_duration(*timeout))]
+    #[error("{method} {url}: no complete answer within {}", crate::units::format_duration(*timeout))]
     Timeout {
         method: Method,
         url: String,

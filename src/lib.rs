@@ -18,3 +18,4 @@ pub mod rollout;
 pub mod routing;
 pub mod runtime;
 pub mod store;
+pub mod units;

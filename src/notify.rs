@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::format_percent;
 use crate::httpclient::{HttpError, HttpRequest};
 use crate::rollout::status::{Event, EventKind};
+use crate::units::format_percent;
 
 /// A webhook that does not answer within this is given up on; notifications must not hold up a rollout.
 pub const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::codes::ErrorCode;
 use super::condition::Condition;
 use super::sequential::Settings;
-use crate::config::serde_duration;
+use crate::units::serde_duration;
 
 /// A set of metrics judged together: a step analysis or the background analysis.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -342,7 +342,7 @@ impl Inner {
             publisher.set_route_weights(route, owned_weights_from(&r.status, &r.versions));
         }
         for event in &d.events {
-            tracing::info!(rollout = route, event = ?event.kind, step = event.step + 1, canary_weight = %crate::config::format_percent(event.canary_weight.into()), "{}", event.message);
+            tracing::info!(rollout = route, event = ?event.kind, step = event.step + 1, canary_weight = %crate::units::format_percent(event.canary_weight.into()), "{}", event.message);
             if event.kind.is_notified()
                 && let Some(n) = &r.spec.notify
             {

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::format_percent;
 use crate::rollout::{Phase, RolloutStatus};
 use crate::runtime::ProxyProcess;
+use crate::units::format_percent;
 
 /// The demo's config; `{STABLE}`, `{CANARY}` become the backends' addresses.
 const DEMO_CONFIG: &str = include_str!("../../config/demo.yaml");

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::analysis::{MetricSpec, MetricTally, Verdict, verdict::show};
-use crate::config::{WeightBps, format_percent};
+use crate::units::{WeightBps, format_percent};
 
 use super::spec::{RolloutSpec, Step};
 use super::status::{
@@ -438,7 +438,7 @@ impl Engine {
                         if self.now < end {
                             self.st.message = format!(
                                 "step {n}: pausing for {}",
-                                crate::config::format_duration(d)
+                                crate::units::format_duration(d)
                             );
                             self.wake(end);
                             return;
@@ -447,7 +447,7 @@ impl Engine {
                             EventKind::StepCompleted,
                             format!(
                                 "step {n}: pause of {} over",
-                                crate::config::format_duration(d)
+                                crate::units::format_duration(d)
                             ),
                         );
                         self.advance();
@@ -487,7 +487,7 @@ impl Engine {
                             if self.now >= deadline {
                                 self.abort(format!(
                                     "step {n}: no progress for {} (progress deadline): analysis got no measurement",
-                                    crate::config::format_duration(spec.progress_deadline)
+                                    crate::units::format_duration(spec.progress_deadline)
                                 ));
                             } else {
                                 self.st.message = format!("step {n}: analysis running");

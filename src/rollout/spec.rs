@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{AnalysisSpec, BackgroundAnalysis};
-use crate::config::{FULL_WEIGHT, WeightBps, serde_duration, serde_opt_duration, serde_weight};
+use crate::units::{FULL_WEIGHT, WeightBps, serde_duration, serde_opt_duration, serde_weight};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

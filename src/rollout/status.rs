@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::MetricTally;
-use crate::config::{FULL_WEIGHT, WeightBps, serde_weight};
+use crate::units::{FULL_WEIGHT, WeightBps, serde_weight};
 
 /// Events kept in the status (older ones are dropped).
 pub const HISTORY_LEN: usize = 100;

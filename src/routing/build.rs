@@ -6,9 +6,10 @@ use std::sync::Arc;
 use http::HeaderName;
 
 use super::{HostMatch, ProbeSettings, Route, RouteMatcher, RouteTable, Sticky, Version};
-use crate::config::{Config, FULL_WEIGHT, RouteConfig, WeightBps};
+use crate::config::{Config, RouteConfig};
 use crate::health::{EndpointRegistry, PassivePolicy};
 use crate::metrics::Metrics;
+use crate::units::{FULL_WEIGHT, WeightBps};
 
 /// Weights set by rollouts, by route: exactly the versions to keep in the table, in basis
 /// points. Versions of the route that are not listed are left out (removed after a drain).

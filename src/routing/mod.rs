@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
 
-use crate::config::{UpstreamProtocol, WeightBps};
+use crate::config::UpstreamProtocol;
 use crate::health::{Endpoint, PassivePolicy, ProbeTarget};
 use crate::metrics::VersionStats;
+use crate::units::WeightBps;
 
 pub use build::RolloutWeights;
 pub use publisher::TablePublisher;

@@ -3,9 +3,10 @@
 use std::sync::{Arc, Mutex};
 
 use super::{RolloutWeights, RouteReader, RouteTable, RouteWriter};
-use crate::config::{Config, WeightBps};
+use crate::config::Config;
 use crate::health::{ActiveChecks, EndpointRegistry};
 use crate::metrics::Metrics;
+use crate::units::WeightBps;
 
 /// The one place route tables come from: config reloads and rollouts both go through it,
 /// under one lock, so neither undoes the other's change.

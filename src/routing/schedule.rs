@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::config::{FULL_WEIGHT, WeightBps};
+use crate::units::{FULL_WEIGHT, WeightBps};
 
 /// One cycle of smooth weighted round-robin over versions with the given weights (basis
 /// points adding up to 10000), shortened by their greatest common divisor. Each version

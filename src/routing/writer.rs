@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, Guard};
 
 use super::{Route, RouteTable};
-use crate::config::{FULL_WEIGHT, WeightBps, format_percent};
+use crate::units::{FULL_WEIGHT, WeightBps, format_percent};
 
 /// A weight change that cannot be applied; the running table stays as it was.
 #[derive(Debug, thiserror::Error, PartialEq)]
