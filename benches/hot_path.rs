@@ -97,7 +97,7 @@ fn browser_request_headers() -> HeaderMap {
 fn route_match_and_pick(c: &mut Criterion) {
     let config = Config::parse(ROUTES, Path::new("bench.yaml")).expect("bench config is valid");
     let table = RouteTable::from_config(
-        &config,
+        &config.proxy,
         &EndpointRegistry::default(),
         &Metrics::default(),
         &Default::default(),

@@ -1,17 +1,17 @@
-//! Typed configuration: serde defaults, semantic validation, and errors that name file, line and field.
+//! The config file: the data plane's part (`ProxyConfig`) plus the control side's (rollouts,
+//! admin, state), parsed together, validated, and reported by file, line and field.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 
-use crate::units::{
-    FULL_WEIGHT, WeightBps, de_duration, de_opt_duration, de_opt_weight, format_percent,
-    is_valid_name,
-};
+use crate::proxy_config::{ProxyConfig, StickyConfig};
+use crate::rollout::RolloutSpec;
+use crate::units::FieldError;
 
 mod locate;
 
@@ -40,33 +40,65 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// The whole proxy configuration file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+/// The whole config file.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Where `/metrics` (and later the admin API) is served. Loopback by default.
-    #[serde(default)]
+    /// Where `/metrics`, `/routes` and the admin API are served. Loopback by default.
     pub admin: AdminConfig,
-    /// Addresses the proxy accepts client traffic on.
-    pub listeners: Vec<ListenerConfig>,
-    /// Routes, matched in file order: the first route whose match holds takes the request.
-    pub routes: Vec<RouteConfig>,
-    #[serde(default)]
-    pub timeouts: Timeouts,
-    #[serde(default)]
-    pub limits: Limits,
-    #[serde(default)]
-    pub passive_health: PassiveHealth,
-    /// Worker threads, each with its own event loop and its own listening socket
-    /// (SO_REUSEPORT). Defaults to the number of CPUs.
-    #[serde(default)]
-    pub workers: Option<usize>,
-    #[serde(default)]
     pub log: LogConfig,
     /// Where rollout state is kept (one JSON file per rollout). Relative paths are relative
     /// to the config file; default `tidegate-state` beside it.
-    #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Listeners, routes, timeouts, limits: what the data plane runs from. A route with a
+    /// rollout has its `initial_version`, sticky cookie and version header set from it.
+    pub proxy: ProxyConfig,
+    /// The `rollout` section of each route that has one, by route name.
+    pub rollouts: BTreeMap<String, RolloutSpec>,
+}
+
+/// The control side's sections of the file. The data plane's are named (and skipped) so that
+/// a key belonging to neither is refused with its line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlSections {
+    #[serde(default)]
+    admin: AdminConfig,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    routes: Vec<RouteSections>,
+    #[serde(default, rename = "listeners")]
+    _listeners: IgnoredAny,
+    #[serde(default, rename = "timeouts")]
+    _timeouts: IgnoredAny,
+    #[serde(default, rename = "limits")]
+    _limits: IgnoredAny,
+    #[serde(default, rename = "passive_health")]
+    _passive_health: IgnoredAny,
+    #[serde(default, rename = "workers")]
+    _workers: IgnoredAny,
+}
+
+/// A route's `rollout`, beside the data plane's route fields (named and skipped).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteSections {
+    #[serde(default)]
+    rollout: Option<RolloutSpec>,
+    #[serde(default, rename = "name")]
+    _name: IgnoredAny,
+    #[serde(default, rename = "match")]
+    _match: IgnoredAny,
+    #[serde(default, rename = "versions")]
+    _versions: IgnoredAny,
+    #[serde(default, rename = "sticky")]
+    _sticky: IgnoredAny,
+    #[serde(default, rename = "version_header")]
+    _version_header: IgnoredAny,
+    #[serde(default, rename = "upstream_response_timeout")]
+    _upstream_response_timeout: IgnoredAny,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -94,293 +126,6 @@ fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerConfig {
-    pub name: String,
-    pub listen: SocketAddr,
-    /// TLS termination; absent means plain HTTP (HTTP/1.1 and h2c prior knowledge).
-    #[serde(default)]
-    pub tls: Option<TlsConfig>,
-    /// Peers (addresses or CIDR ranges) whose forwarding headers are believed: their
-    /// `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` pass, and `X-Real-IP` is read
-    /// from their `X-Forwarded-For`. Anyone else's are replaced. Empty by default.
-    #[serde(default, deserialize_with = "de_ip_ranges")]
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-}
-
-fn de_ip_ranges<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
-    Vec::<String>::deserialize(d)?
-        .iter()
-        .map(|text| {
-            crate::proxy::forwarding::parse_range(text).ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "`{text}` is not an IP address or CIDR range (e.g. 10.0.0.0/8)"
-                ))
-            })
-        })
-        .collect()
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// Certificates by SNI name. The first one also serves clients that send no (or an unknown) name.
-    pub certificates: Vec<CertificateConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CertificateConfig {
-    /// PEM file with the certificate chain, leaf first. Relative paths are relative to the config file.
-    pub cert: PathBuf,
-    /// PEM file with the private key.
-    pub key: PathBuf,
-    /// SNI names this certificate serves; defaults to the names in the certificate are not read,
-    /// so list them here (wildcards like `*.example.com` allowed).
-    #[serde(default)]
-    pub server_names: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    pub name: String,
-    #[serde(default, rename = "match")]
-    pub matches: RouteMatch,
-    /// Two or more named versions of the service, each with a weight in percent.
-    pub versions: Vec<VersionConfig>,
-    /// Pin a client to the version it got, by cookie, as long as that version has weight.
-    #[serde(default)]
-    pub sticky: Option<StickyConfig>,
-    /// A request header that forces a version by name, e.g. `x-tidegate-version: canary`.
-    #[serde(default)]
-    pub version_header: Option<String>,
-    /// Overrides `timeouts.upstream_response` for this route.
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub upstream_response_timeout: Option<Duration>,
-    /// Progressive delivery for this route: the rollout engine sets the versions' weights.
-    #[serde(default)]
-    pub rollout: Option<crate::rollout::RolloutSpec>,
-}
-
-impl RouteConfig {
-    /// The cookie pinning clients to a version: the route's, or the rollout's `stickySessions`.
-    pub fn sticky_cookie(&self) -> Option<StickyConfig> {
-        self.sticky.clone().or_else(|| {
-            self.rollout
-                .as_ref()
-                .filter(|r| r.sticky_sessions)
-                .map(|_| StickyConfig {
-                    cookie: format!("tidegate-{}", self.name),
-                    max_age: None,
-                })
-        })
-    }
-
-    /// With a rollout, the stable version before any rollout: `stable` if given, else the
-    /// first version that is not the canary, else the canary itself (a route with one
-    /// version has nothing to roll out).
-    pub fn initial_stable(&self) -> Option<&str> {
-        let spec = self.rollout.as_ref()?;
-        if let Some(s) = spec.stable.as_deref() {
-            return Some(s);
-        }
-        let other = self
-            .versions
-            .iter()
-            .map(|v| v.name.as_str())
-            .find(|v| *v != spec.canary);
-        Some(other.unwrap_or(spec.canary.as_str()))
-    }
-
-    /// The header that forces a version: the route's, or the rollout's `headerRoute`.
-    pub fn version_header(&self) -> Option<&str> {
-        self.version_header.as_deref().or_else(|| {
-            self.rollout
-                .as_ref()
-                .and_then(|r| r.header_route.as_deref())
-        })
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RouteMatch {
-    /// Exact host (port ignored, case-insensitive) or `*.example.com`.
-    #[serde(default)]
-    pub host: Option<String>,
-    /// Path prefix, matched on whole segments: `/api` matches `/api` and `/api/x`, not `/apix`.
-    #[serde(default)]
-    pub path_prefix: Option<String>,
-    /// Headers that must be present with exactly these values.
-    #[serde(default)]
-    pub headers: Vec<HeaderMatch>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderMatch {
-    pub name: String,
-    pub value: String,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct StickyConfig {
-    #[serde(default = "default_sticky_cookie")]
-    pub cookie: String,
-    /// Cookie lifetime; absent means a session cookie.
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub max_age: Option<Duration>,
-}
-
-fn default_sticky_cookie() -> String {
-    "tidegate-version".to_string()
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct VersionConfig {
-    pub name: String,
-    /// Percent of the route's traffic, up to two decimals (12.5, 0.01). All versions add up to
-    /// 100. Routes with a `rollout` leave it out: the rollout sets the weights.
-    #[serde(default, deserialize_with = "de_opt_weight")]
-    pub weight: Option<WeightBps>,
-    /// A label for what runs there (an image tag, a build): changing it starts a rollout, like
-    /// changing the endpoints does.
-    #[serde(default)]
-    pub revision: Option<String>,
-    /// Upstream addresses (`host:port`, IP literals).
-    pub endpoints: Vec<SocketAddr>,
-    /// How tidegate speaks to this version's endpoints.
-    #[serde(default)]
-    pub protocol: UpstreamProtocol,
-    #[serde(default)]
-    pub health_check: Option<HealthCheckConfig>,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamProtocol {
-    /// HTTP/1.1 with keep-alive.
-    #[default]
-    Http1,
-    /// HTTP/2 with prior knowledge (h2c); needed for gRPC upstreams.
-    Http2,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HealthCheckConfig {
-    /// Path to GET; any 2xx or 3xx is healthy.
-    #[serde(default = "default_health_path")]
-    pub path: String,
-    #[serde(default = "default_health_interval", deserialize_with = "de_duration")]
-    pub interval: Duration,
-    #[serde(default = "default_health_timeout", deserialize_with = "de_duration")]
-    pub timeout: Duration,
-    /// Consecutive successes that bring an unhealthy endpoint back.
-    #[serde(default = "default_two")]
-    pub healthy_threshold: u32,
-    /// Consecutive failures that take a healthy endpoint out.
-    #[serde(default = "default_three")]
-    pub unhealthy_threshold: u32,
-}
-
-fn default_health_path() -> String {
-    "/healthz".to_string()
-}
-fn default_health_interval() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_health_timeout() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_two() -> u32 {
-    2
-}
-fn default_three() -> u32 {
-    3
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Timeouts {
-    /// TCP connect to an upstream.
-    #[serde(deserialize_with = "de_duration")]
-    pub connect: Duration,
-    /// A client must send a complete request head within this time of its connection opening
-    /// or going idle (slowloris guard); an idle HTTP/1.1 keep-alive connection closes after it.
-    #[serde(deserialize_with = "de_duration")]
-    pub request_header: Duration,
-    /// From sending the request upstream to receiving response headers.
-    #[serde(deserialize_with = "de_duration")]
-    pub upstream_response: Duration,
-    /// Idle upstream connections are closed after this; keep it below the upstream's keep-alive.
-    #[serde(deserialize_with = "de_duration")]
-    pub upstream_idle: Duration,
-    /// On SIGTERM, how long in-flight requests and upgraded connections may take to finish.
-    #[serde(deserialize_with = "de_duration")]
-    pub drain: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            connect: Duration::from_secs(2),
-            request_header: Duration::from_secs(10),
-            upstream_response: Duration::from_secs(30),
-            upstream_idle: Duration::from_secs(20),
-            drain: Duration::from_secs(30),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Client connections open at once, across all listeners; more wait in the accept queue.
-    pub max_connections: usize,
-    /// Largest request head (request line plus headers) accepted; larger gets 431.
-    pub max_header_bytes: usize,
-    /// Upstream connections kept per endpoint for reuse, busy or idle; under more
-    /// concurrency than this, the extra connections close after their request.
-    pub max_idle_per_endpoint: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 10_000,
-            max_header_bytes: 16 * 1024,
-            max_idle_per_endpoint: 256,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PassiveHealth {
-    /// Consecutive connect failures or 5xx responses that eject an endpoint; 0 turns it off.
-    pub consecutive_failures: u32,
-    /// First ejection lasts this long; each ejection in a row doubles it, up to `max_ejection`.
-    #[serde(deserialize_with = "de_duration")]
-    pub ejection: Duration,
-    #[serde(deserialize_with = "de_duration")]
-    pub max_ejection: Duration,
-}
-
-impl Default for PassiveHealth {
-    fn default() -> Self {
-        PassiveHealth {
-            consecutive_failures: 5,
-            ejection: Duration::from_secs(10),
-            max_ejection: Duration::from_secs(300),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -396,8 +141,8 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// Reads, parses and validates a config file. Relative certificate paths are resolved
-    /// against the file's directory.
+    /// Reads, parses and validates a config file. Relative paths (certificates, token, state)
+    /// are resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
@@ -418,7 +163,7 @@ impl Config {
         if let Some(t) = &mut config.admin.token_file {
             *t = base.join(&*t);
         }
-        for listener in &mut config.listeners {
+        for listener in &mut config.proxy.listeners {
             if let Some(tls) = &mut listener.tls {
                 for cert in &mut tls.certificates {
                     cert.cert = base.join(&cert.cert);
@@ -431,251 +176,105 @@ impl Config {
 
     /// Parses and validates config text; `file` only names the source in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).map_err(|e| {
-            let message = e.to_string();
-            // serde_yaml prefixes the field path ("routes[0].versions[1]: ...") and appends
-            // " at line N column M"; split them so the error reads file:line: field: message.
-            let (field, rest) = match message.split_once(": ") {
-                Some((path, rest)) if !path.contains(' ') => (path.to_string(), rest.to_string()),
-                _ => (String::new(), message.clone()),
-            };
-            let rest = match rest.rfind(" at line ") {
-                Some(i) => rest[..i].to_string(),
-                None => rest,
-            };
-            // Values our own parsers reject (durations, weights) are reported at the enclosing
-            // mapping; the message quotes the value in backticks, so find the exact field.
-            let quoted = rest
-                .split('`')
-                .nth(1)
-                .filter(|_| rest.matches('`').count() >= 2);
-            let exact = quoted.and_then(|value| locate::child_with_value(text, &field, value));
-            let (field, line) = match exact {
-                Some((field, line)) => (field, Some(line)),
-                None => (field, e.location().map(|l| l.line())),
-            };
-            ConfigError {
-                file: file.to_path_buf(),
-                line,
-                field,
-                message: rest,
+        let syntax = |e: serde_yaml::Error| syntax_error(text, file, e);
+        // The control side's sections first: that parse knows every key of the file.
+        let control: ControlSections = serde_yaml::from_str(text).map_err(syntax)?;
+        let mut proxy: ProxyConfig = serde_yaml::from_str(text).map_err(syntax)?;
+        let mut rollouts = BTreeMap::new();
+        for (route, sections) in proxy.routes.iter_mut().zip(control.routes) {
+            if let Some(spec) = sections.rollout {
+                route_follows(route, &spec);
+                rollouts.insert(route.name.clone(), spec);
             }
-        })?;
-        config.validate().map_err(|(field, message)| ConfigError {
+        }
+        let config = Config {
+            admin: control.admin,
+            log: control.log,
+            state_dir: control.state_dir,
+            proxy,
+            rollouts,
+        };
+        config.validate().map_err(|e| ConfigError {
             file: file.to_path_buf(),
-            line: locate::line_of(text, &field),
-            field,
-            message,
+            line: locate::line_of(text, &e.field),
+            field: e.field,
+            message: e.message,
         })?;
         Ok(config)
     }
 
-    /// Checks what serde cannot: names, weights, references. Returns the field path and what is wrong.
-    fn validate(&self) -> Result<(), (String, String)> {
-        if self.listeners.is_empty() {
-            return Err(("listeners".into(), "at least one listener is needed".into()));
-        }
-        let mut names = HashSet::new();
-        let mut addrs = HashSet::new();
-        for (i, l) in self.listeners.iter().enumerate() {
-            let at = format!("listeners[{i}]");
-            check_name(&l.name, &format!("{at}.name"))?;
-            if !names.insert(&l.name) {
-                return Err((
-                    format!("{at}.name"),
-                    format!("listener `{}` is defined twice", l.name),
-                ));
-            }
-            if l.listen.port() != 0 && !addrs.insert(l.listen) {
-                return Err((
-                    format!("{at}.listen"),
-                    format!("{} is used by another listener", l.listen),
-                ));
-            }
-            if l.listen.port() != 0 && l.listen == self.admin.listen {
-                return Err((
-                    format!("{at}.listen"),
-                    format!("{} is the admin address", l.listen),
-                ));
-            }
-            if let Some(tls) = &l.tls
-                && tls.certificates.is_empty()
-            {
-                return Err((
-                    format!("{at}.tls.certificates"),
-                    "at least one certificate is needed".into(),
-                ));
-            }
-        }
-        if self.routes.is_empty() {
-            return Err(("routes".into(), "at least one route is needed".into()));
-        }
-        let mut route_names = HashSet::new();
-        for (i, r) in self.routes.iter().enumerate() {
-            let at = format!("routes[{i}]");
-            check_name(&r.name, &format!("{at}.name"))?;
-            if !route_names.insert(&r.name) {
-                return Err((
-                    format!("{at}.name"),
-                    format!("route `{}` is defined twice", r.name),
-                ));
-            }
-            if let Some(p) = &r.matches.path_prefix
-                && !p.starts_with('/')
-            {
-                return Err((
-                    format!("{at}.match.path_prefix"),
-                    format!("`{p}` must start with `/`"),
-                ));
-            }
-            if let Some(h) = &r.matches.host
-                && (h.is_empty() || h.contains('/') || h.contains(' '))
-            {
-                return Err((
-                    format!("{at}.match.host"),
-                    format!("`{h}` is not a host name"),
-                ));
-            }
-            for (j, h) in r.matches.headers.iter().enumerate() {
-                if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
-                    return Err((
-                        format!("{at}.match.headers[{j}].name"),
-                        format!("`{}` is not a header name", h.name),
-                    ));
-                }
-            }
-            if let Some(h) = &r.version_header
-                && http::HeaderName::from_bytes(h.as_bytes()).is_err()
-            {
-                return Err((
-                    format!("{at}.version_header"),
-                    format!("`{h}` is not a header name"),
-                ));
-            }
-            if let Some(s) = &r.sticky
-                && (s.cookie.is_empty()
-                    || !s
-                        .cookie
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-            {
-                return Err((
-                    format!("{at}.sticky.cookie"),
-                    format!(
-                        "`{}` is not a cookie name (letters, digits, - and _)",
-                        s.cookie
-                    ),
-                ));
-            }
-            if r.versions.is_empty() {
-                return Err((
-                    format!("{at}.versions"),
-                    "a route needs at least one version".into(),
-                ));
-            }
-            if r.versions.len() > 250 {
-                return Err((
-                    format!("{at}.versions"),
-                    "at most 250 versions per route".into(),
-                ));
-            }
-            let mut version_names = HashSet::new();
-            let mut total: u32 = 0;
-            for (j, v) in r.versions.iter().enumerate() {
-                let at = format!("{at}.versions[{j}]");
-                check_name(&v.name, &format!("{at}.name"))?;
-                if !version_names.insert(&v.name) {
-                    return Err((
-                        format!("{at}.name"),
-                        format!(
-                            "version `{}` is defined twice in route `{}`",
-                            v.name, r.name
-                        ),
-                    ));
-                }
-                match (v.weight, &r.rollout) {
-                    (Some(_), Some(_)) => {
-                        return Err((
-                            format!("{at}.weight"),
-                            "this route has a rollout, which sets the weights: remove `weight`"
-                                .into(),
-                        ));
-                    }
-                    (None, None) => {
-                        return Err((
-                            format!("{at}.weight"),
-                            "a weight in percent is needed (e.g. `weight: 90`)".into(),
-                        ));
-                    }
-                    _ => {}
-                }
-                if v.endpoints.is_empty() && v.weight.unwrap_or(0) > 0 {
-                    return Err((
-                        format!("{at}.endpoints"),
-                        "a version with weight needs at least one endpoint".into(),
-                    ));
-                }
-                if let Some(hc) = &v.health_check {
-                    if !hc.path.starts_with('/') {
-                        return Err((
-                            format!("{at}.health_check.path"),
-                            format!("`{}` must start with `/`", hc.path),
-                        ));
-                    }
-                    if hc.interval.is_zero() || hc.timeout.is_zero() {
-                        return Err((
-                            format!("{at}.health_check"),
-                            "interval and timeout must be above zero".into(),
-                        ));
-                    }
-                    if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
-                        return Err((
-                            format!("{at}.health_check"),
-                            "thresholds must be at least 1".into(),
-                        ));
-                    }
-                }
-                total += u32::from(v.weight.unwrap_or(0));
-            }
-            if let Some(rollout) = &r.rollout {
-                let names: Vec<&str> = r.versions.iter().map(|v| v.name.as_str()).collect();
-                rollout
-                    .validate(&names)
-                    .map_err(|(f, e)| (format!("{at}.rollout.{f}"), e))?;
-            } else if total != u32::from(FULL_WEIGHT) {
-                return Err((
-                    format!("{at}.versions"),
-                    format!(
-                        "weights add up to {}%, they must add up to 100%",
-                        format_percent(total)
-                    ),
-                ));
-            }
-        }
-        if self.limits.max_connections == 0 {
-            return Err(("limits.max_connections".into(), "must be at least 1".into()));
-        }
-        if self.limits.max_header_bytes < 8192 {
-            return Err((
-                "limits.max_header_bytes".into(),
-                "must be at least 8192".into(),
-            ));
-        }
-        if self.workers == Some(0) {
-            return Err(("workers".into(), "must be at least 1".into()));
+    /// Checks what serde cannot, the data plane's part first.
+    fn validate(&self) -> Result<(), FieldError> {
+        self.proxy.validate(self.admin.listen)?;
+        for (i, route) in self.proxy.routes.iter().enumerate() {
+            let Some(spec) = self.rollouts.get(&route.name) else {
+                continue;
+            };
+            let names: Vec<&str> = route.versions.iter().map(|v| v.name.as_str()).collect();
+            spec.validate(&names).map_err(|(field, message)| {
+                FieldError::new(field, message).under(&format!("routes[{i}].rollout"))
+            })?;
         }
         Ok(())
     }
+
+    /// The routes with a rollout, with it.
+    pub fn rollout_routes(
+        &self,
+    ) -> impl Iterator<Item = (&crate::proxy_config::RouteConfig, &RolloutSpec)> {
+        self.proxy
+            .routes
+            .iter()
+            .filter_map(|r| Some((r, self.rollouts.get(&r.name)?)))
+    }
 }
 
-fn check_name(name: &str, field: &str) -> Result<(), (String, String)> {
-    if is_valid_name(name) {
-        Ok(())
-    } else {
-        Err((
-            field.to_string(),
-            format!("`{name}` is not a valid name (1-63 of letters, digits, `-`, `_`, `.`)"),
-        ))
+/// What a route's data plane takes from its rollout: the weights come from the rollout (the
+/// stable version takes all traffic until it sets them), and its sticky cookie and version
+/// header unless the route names its own.
+fn route_follows(route: &mut crate::proxy_config::RouteConfig, spec: &RolloutSpec) {
+    let versions: Vec<&str> = route.versions.iter().map(|v| v.name.as_str()).collect();
+    route.initial_version = Some(spec.initial_stable(&versions).to_string());
+    if route.sticky.is_none() && spec.sticky_sessions {
+        route.sticky = Some(StickyConfig {
+            cookie: format!("tidegate-{}", route.name),
+            max_age: None,
+        });
+    }
+    if route.version_header.is_none() {
+        route.version_header = spec.header_route.clone();
+    }
+}
+
+/// A serde error as file:line: field: message.
+fn syntax_error(text: &str, file: &Path, e: serde_yaml::Error) -> ConfigError {
+    let message = e.to_string();
+    // serde_yaml prefixes the field path ("routes[0].versions[1]: ...") and appends
+    // " at line N column M"; split them so the error reads file:line: field: message.
+    let (field, rest) = match message.split_once(": ") {
+        Some((path, rest)) if !path.contains(' ') => (path.to_string(), rest.to_string()),
+        _ => (String::new(), message.clone()),
+    };
+    let rest = match rest.rfind(" at line ") {
+        Some(i) => rest[..i].to_string(),
+        None => rest,
+    };
+    // Values our own parsers reject (durations, weights) are reported at the enclosing
+    // mapping; the message quotes the value in backticks, so find the exact field.
+    let quoted = rest
+        .split('`')
+        .nth(1)
+        .filter(|_| rest.matches('`').count() >= 2);
+    let exact = quoted.and_then(|value| locate::child_with_value(text, &field, value));
+    let (field, line) = match exact {
+        Some((field, line)) => (field, Some(line)),
+        None => (field, e.location().map(|l| l.line())),
+    };
+    ConfigError {
+        file: file.to_path_buf(),
+        line,
+        field,
+        message: rest,
     }
 }
 
@@ -703,9 +302,9 @@ routes:
     #[test]
     fn parses_weights_as_basis_points() {
         let c = Config::parse(GOOD, Path::new("t.yaml")).unwrap();
-        assert_eq!(c.routes[0].versions[0].weight, Some(8750));
-        assert_eq!(c.routes[0].versions[1].weight, Some(1250));
-        assert_eq!(c.timeouts.connect, Duration::from_secs(2));
+        assert_eq!(c.proxy.routes[0].versions[0].weight, Some(8750));
+        assert_eq!(c.proxy.routes[0].versions[1].weight, Some(1250));
+        assert_eq!(c.proxy.timeouts.connect, std::time::Duration::from_secs(2));
     }
 
     #[test]
@@ -737,6 +336,71 @@ routes:
         assert_eq!(e.line, Some(8), "{e}");
         assert!(e.field.contains("routes[0].match"), "{e}");
         assert!(e.message.contains("unknown field `path_prefx`"), "{e}");
+    }
+
+    #[test]
+    fn keys_unknown_to_both_sides_are_refused_with_their_line() {
+        let bad = GOOD.replace("    match:", "    versionz: []\n    match:");
+        let e = Config::parse(&bad, Path::new("t.yaml")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (Some(7), "routes[0]"), "{e}");
+        assert!(e.message.contains("unknown field `versionz`"), "{e}");
+        let bad = GOOD.replace("listeners:", "listenerz: []\nlisteners:");
+        let e = Config::parse(&bad, Path::new("t.yaml")).unwrap_err();
+        assert!(e.message.contains("unknown field `listenerz`"), "{e}");
+    }
+
+    const WITH_ROLLOUT: &str = r#"
+listeners:
+  - name: web
+    listen: 127.0.0.1:8080
+routes:
+  - name: shop
+    versions:
+      - name: v1
+        endpoints: [127.0.0.1:9001]
+      - name: v2
+        endpoints: [127.0.0.1:9002]
+    rollout:
+      canary: v2
+      stickySessions: true
+      headerRoute: x-version
+      steps:
+        - setWeight: 10
+"#;
+
+    #[test]
+    fn a_rollout_hands_the_data_plane_its_first_version_cookie_and_header() {
+        let c = Config::parse(WITH_ROLLOUT, Path::new("t.yaml")).unwrap();
+        let route = &c.proxy.routes[0];
+        assert_eq!(route.initial_version.as_deref(), Some("v1"));
+        assert_eq!(
+            route.sticky.as_ref().map(|s| s.cookie.as_str()),
+            Some("tidegate-shop")
+        );
+        assert_eq!(route.version_header.as_deref(), Some("x-version"));
+        assert_eq!(c.rollouts["shop"].canary, "v2");
+    }
+
+    #[test]
+    fn rollout_errors_name_their_line_and_field() {
+        let bad = WITH_ROLLOUT.replace("setWeight: 10", "setWeight: 10.001");
+        let e = Config::parse(&bad, Path::new("t.yaml")).unwrap_err();
+        assert_eq!(e.line, Some(17), "{e}");
+        assert!(e.message.contains("more than two decimals"), "{e}");
+        let bad = WITH_ROLLOUT.replace("canary: v2", "canary: v3");
+        let e = Config::parse(&bad, Path::new("t.yaml")).unwrap_err();
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (Some(13), "routes[0].rollout.canary"),
+            "{e}"
+        );
+        let bad = WITH_ROLLOUT.replace(
+            "endpoints: [127.0.0.1:9001]",
+            "weight: 100\n        endpoints: [127.0.0.1:9001]",
+        );
+        let e = Config::parse(&bad, Path::new("t.yaml")).unwrap_err();
+        assert_eq!(e.field, "routes[0].versions[0].weight", "{e}");
+        assert!(e.message.contains("rollout, which sets the weights"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod httpclient;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
+pub mod proxy_config;
 pub mod reload;
 pub mod rollout;
 pub mod routing;

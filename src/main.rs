@@ -122,8 +122,8 @@ fn main() -> ExitCode {
                 println!(
                     "{}: valid ({} listeners, {} routes)",
                     config.display(),
-                    c.listeners.len(),
-                    c.routes.len()
+                    c.proxy.listeners.len(),
+                    c.proxy.routes.len()
                 );
                 ExitCode::SUCCESS
             }

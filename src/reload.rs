@@ -1,4 +1,5 @@
-//! Config and certificate reload: on SIGHUP and on file change, validate, then swap or keep the old.
+//! The config file as a route source: on SIGHUP and on file change, validate, then swap or
+//! keep the old; certificates likewise.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -7,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use crate::config::{Config, ConfigError};
 use crate::metrics::{Metrics, ReloadResult};
 use crate::proxy::CertStore;
-use crate::routing::TablePublisher;
+use crate::routing::{RouteSource, TablePublisher};
 
 /// Something that keeps state derived from the config (the rollout controller): it may
 /// refuse a config that contradicts that state, and hears when a new one is in force.
@@ -18,7 +19,7 @@ pub trait ConfigListener: Send + Sync {
     fn applied(&self, config: &Config);
 }
 
-/// Reloads the config file into the publisher, and keeps the active health checks in step.
+/// Reloads the config file into the publisher (its routes) and the listener (its rollouts).
 pub struct Reloader {
     path: PathBuf,
     publisher: Arc<TablePublisher>,
@@ -30,6 +31,8 @@ pub struct Reloader {
 
 struct State {
     stamp: Option<FileStamp>,
+    /// The config in force.
+    config: Config,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,8 +50,10 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 }
 
 impl Reloader {
+    /// `config` is the one in force, loaded from `path`.
     pub fn new(
         path: &Path,
+        config: Config,
         publisher: Arc<TablePublisher>,
         metrics: Arc<Metrics>,
         certs: Vec<Arc<CertStore>>,
@@ -60,7 +65,10 @@ impl Reloader {
             metrics,
             certs,
             listener,
-            state: Mutex::new(State { stamp: stamp(path) }),
+            state: Mutex::new(State {
+                stamp: stamp(path),
+                config,
+            }),
         }
     }
 
@@ -94,18 +102,18 @@ impl Reloader {
                 return Err(e);
             }
         };
-        let old = self.publisher.config();
-        for field in restart_only_changes(&old, &config) {
+        for field in restart_only_changes(&state.config, &config) {
             tracing::warn!(
                 field,
                 "this setting changes only on restart; the running value stays"
             );
         }
-        let routes = config.routes.len();
+        let routes = config.proxy.routes.len();
         if let Some(listener) = &self.listener {
             listener.applied(&config);
         }
-        self.publisher.replace_config(config);
+        self.publisher.replace_config(config.proxy.clone());
+        state.config = config;
         self.metrics.count_config_reload(ReloadResult::Success);
         tracing::info!(file = %self.path.display(), routes, "config reloaded");
         Ok(())
@@ -148,13 +156,21 @@ impl Reloader {
     }
 }
 
+impl RouteSource for Reloader {
+    fn watch(self: Arc<Self>) -> crate::routing::SourceFuture {
+        Box::pin(self.watch_files(Duration::from_secs(1)))
+    }
+}
+
 /// Settings read once at start: their changes are reported, not applied.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (admin, log) = (old.admin != new.admin, old.log != new.log);
+    let (old, new) = (&old.proxy, &new.proxy);
     let mut out = Vec::new();
     if old.listeners != new.listeners {
         out.push("listeners");
     }
-    if old.admin != new.admin {
+    if admin {
         out.push("admin");
     }
     if old.workers != new.workers {
@@ -176,7 +192,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     ) {
         out.push("timeouts (all but upstream_response)");
     }
-    if old.log != new.log {
+    if log {
         out.push("log");
     }
     out

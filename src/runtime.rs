@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinHandle;
@@ -17,7 +16,7 @@ use crate::proxy::{
     self, BoundListener, CertStore, ProxyHandle, ProxySettings, TlsError, TrustedProxies,
 };
 use crate::reload::Reloader;
-use crate::routing::{RouteReader, RouteWriter, TablePublisher};
+use crate::routing::{RouteReader, RouteSource, TablePublisher};
 use crate::store::{FileStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +60,7 @@ impl ProxyProcess {
     /// Loads the config and starts everything. Call inside a tokio runtime.
     pub async fn start(config_path: &Path) -> Result<ProxyProcess, StartError> {
         let config = Config::load(config_path)?;
-        let settings = ProxySettings::from_config(&config);
+        let settings = ProxySettings::from_config(&config.proxy);
         let metrics = Arc::new(Metrics::default());
         let endpoints = Arc::new(EndpointRegistry::default());
         let state_dir = config
@@ -72,11 +71,11 @@ impl ProxyProcess {
         let token = admin_token(&config)?;
         let weights = controller.initial_weights(&config);
         let (publisher, routes) =
-            TablePublisher::new(config.clone(), weights, endpoints, metrics.clone());
+            TablePublisher::new(config.proxy.clone(), weights, endpoints, metrics.clone());
 
         let mut bound = Vec::new();
         let mut certs = Vec::new();
-        for l in &config.listeners {
+        for l in &config.proxy.listeners {
             let tls = match &l.tls {
                 Some(t) => {
                     let store =
@@ -119,6 +118,7 @@ impl ProxyProcess {
         controller.start(publisher.clone(), &config);
         let reloader = Arc::new(Reloader::new(
             config_path,
+            config.clone(),
             publisher.clone(),
             metrics.clone(),
             certs,
@@ -134,7 +134,7 @@ impl ProxyProcess {
                     token,
                 },
             )),
-            tokio::spawn(reloader.clone().watch_files(Duration::from_secs(1))),
+            tokio::spawn(reloader.clone().watch()),
         ];
         Ok(ProxyProcess {
             listeners,
@@ -147,11 +147,6 @@ impl ProxyProcess {
             data_plane,
             tasks,
         })
-    }
-
-    /// The one route writer, for weight changes outside rollouts.
-    pub fn writer(&self) -> &RouteWriter {
-        self.publisher.writer()
     }
 
     /// The bound address of listener `name`.

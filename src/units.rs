@@ -6,6 +6,34 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+/// A config or spec field that is wrong: its path (`routes[0].versions[1].weight`) and what
+/// is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error seen from `parent`: `name` becomes `routes[0].name`.
+    pub fn under(self, parent: &str) -> FieldError {
+        let field = if self.field.is_empty() {
+            parent.to_string()
+        } else {
+            format!("{parent}.{}", self.field)
+        };
+        FieldError { field, ..self }
+    }
+}
+
 /// Weights inside tidegate are basis points: 10000 = 100 %.
 pub type WeightBps = u16;
 pub const FULL_WEIGHT: WeightBps = 10_000;

@@ -91,8 +91,9 @@ async fn weight_churn_under_load_fails_nothing_and_never_uses_a_weightless_versi
                 } else {
                     [("stable", 10_000), ("canary", 0)]
                 };
+                let weights = weights.map(|(n, w)| (n.to_string(), w)).to_vec();
                 started.store(g, SeqCst);
-                let result = w.writer().set_weights("app", &weights);
+                let result = w.set_weights("app", weights);
                 published.store(g, SeqCst);
                 if let Err(e) = result {
                     done.store(true, SeqCst);
@@ -303,8 +304,8 @@ async fn sticky_cookie_pins_the_version_until_it_loses_its_weight() {
     // The canary loses its weight: pinned clients move to stable and are re-pinned there.
     proxy
         .process
-        .writer()
-        .set_weights("app", &[("stable", 10_000), ("canary", 0)])
+        .publisher
+        .set_weights("app", vec![("stable".into(), 10_000), ("canary".into(), 0)])
         .expect("set weights");
     for _ in 0..20 {
         let r = fetch(&client, &url, &[("cookie", "tg=canary")])
@@ -853,8 +854,11 @@ routes:
     );
     proxy
         .process
-        .writer()
-        .set_weights("app", &[("stable", 8_766), ("canary", 1_234)])
+        .publisher
+        .set_weights(
+            "app",
+            vec![("stable".into(), 8_766), ("canary".into(), 1_234)],
+        )
         .expect("set weights");
     let m = proxy.metrics().await;
     for (version, want) in [("stable", 87.66), ("canary", 12.34)] {

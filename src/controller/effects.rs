@@ -33,7 +33,7 @@ pub(super) fn measure(
         .publisher
         .get()
         .and_then(|p| {
-            let table = p.writer().current();
+            let table = p.current();
             let route = table.route(route)?;
             let i = route.version_index(&canary)?;
             Some(route.versions[i].endpoints.to_vec())

@@ -11,14 +11,15 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use crate::config::{Config, RouteConfig, VersionConfig};
+use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::proxy_config::{RouteConfig, VersionConfig};
 use crate::reload::ConfigListener;
 use crate::rollout::{
     self, Command, CommandError, Decision, MeasurementResult, Observations, RolloutSpec,
     RolloutStatus,
 };
-use crate::routing::{RolloutWeights, TablePublisher};
+use crate::routing::{RouteWeights, TablePublisher};
 use crate::store::{FileStore, StoreError};
 
 /// Why a command through the controller failed; nothing changed.
@@ -90,13 +91,11 @@ impl Controller {
     }
 
     /// Weights for the first route table: saved statuses where there are some.
-    pub fn initial_weights(&self, config: &Config) -> RolloutWeights {
+    pub fn initial_weights(&self, config: &Config) -> RouteWeights {
         let saved = self.inner.lock_saved();
         config
-            .routes
-            .iter()
-            .filter(|r| r.rollout.is_some())
-            .filter_map(|r| {
+            .rollout_routes()
+            .filter_map(|(r, _)| {
                 let status = saved.get(&r.name)?;
                 Some((r.name.clone(), owned_weights(status, r)))
             })
@@ -154,11 +153,11 @@ impl Controller {
 impl ConfigListener for Controller {
     fn check(&self, config: &Config) -> Result<(), (String, String)> {
         let rollouts = self.inner.lock();
-        for (i, route) in config.routes.iter().enumerate() {
+        for (i, route) in config.proxy.routes.iter().enumerate() {
             let Some(r) = rollouts.get(&route.name) else {
                 continue;
             };
-            if route.rollout.is_none() {
+            if !config.rollouts.contains_key(&route.name) {
                 continue;
             }
             let stable = &r.status.stable;
@@ -179,18 +178,15 @@ impl ConfigListener for Controller {
         let inner = &self.inner;
         let mut rollouts = inner.lock();
         rollouts.retain(|name, r| {
-            let keep = config
-                .routes
-                .iter()
-                .any(|c| &c.name == name && c.rollout.is_some());
+            let keep = config.rollouts.contains_key(name)
+                && config.proxy.routes.iter().any(|c| &c.name == name);
             if !keep {
                 r.task.abort();
                 inner.lock_saved().insert(name.clone(), r.status.clone());
             }
             keep
         });
-        for route in &config.routes {
-            let Some(spec) = &route.rollout else { continue };
+        for (route, spec) in config.rollout_routes() {
             let versions: Vec<String> = route.versions.iter().map(|v| v.name.clone()).collect();
             let revision = route
                 .versions
@@ -207,7 +203,7 @@ impl ConfigListener for Controller {
                 }
                 None => {
                     let status = inner.lock_saved().remove(&route.name).unwrap_or_else(|| {
-                        let stable = route.initial_stable().unwrap_or(spec.canary.as_str());
+                        let stable = route.initial_version.as_deref().unwrap_or(&spec.canary);
                         RolloutStatus::new(&route.name, stable, unix_ms())
                     });
                     let (tx, rx) = mpsc::unbounded_channel();
@@ -339,7 +335,12 @@ impl Inner {
     fn apply(self: &Arc<Self>, route: &str, r: &mut Rollout, d: Decision) {
         r.status = d.status;
         if let Some(publisher) = self.publisher.get() {
-            publisher.set_route_weights(route, owned_weights_from(&r.status, &r.versions));
+            if let Err(e) = publisher.set_weights(route, owned_weights_from(&r.status, &r.versions))
+            {
+                // The table keeps its weights: the rollout's cannot be served (a version
+                // without endpoints, say). Said loudly: the status and the table differ.
+                tracing::error!(rollout = route, error = %e, "rollout weights not applied");
+            }
         }
         for event in &d.events {
             tracing::info!(rollout = route, event = ?event.kind, step = event.step + 1, canary_weight = %crate::units::format_percent(event.canary_weight.into()), "{}", event.message);

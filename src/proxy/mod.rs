@@ -41,8 +41,8 @@ pub use tls::{CertStore, TlsError};
 pub use upstream::PoolSettings;
 
 use crate::clock;
-use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics};
+use crate::proxy_config::ProxyConfig;
 use crate::routing::RouteReader;
 
 /// Response body: the upstream's, streamed, or tidegate's own short one.
@@ -60,7 +60,7 @@ pub struct ProxySettings {
 }
 
 impl ProxySettings {
-    pub fn from_config(c: &Config) -> ProxySettings {
+    pub fn from_config(c: &ProxyConfig) -> ProxySettings {
         ProxySettings {
             workers: c
                 .workers

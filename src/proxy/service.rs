@@ -19,9 +19,9 @@ use super::headers;
 use super::idle::{BusyGuard, IdleState};
 use super::upstream::{UpstreamError, Upstreams};
 use crate::clock;
-use crate::config::UpstreamProtocol;
 use crate::health::{Endpoint, pick_endpoint};
 use crate::metrics::{ActiveGuard, Metrics, VersionStats};
+use crate::proxy_config::UpstreamProtocol;
 use crate::routing::{Choice, RouteReader};
 
 /// What every connection of one worker thread shares.

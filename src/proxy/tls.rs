@@ -13,7 +13,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::CertificateConfig;
+use crate::proxy_config::CertificateConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -14,7 +14,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::config::UpstreamProtocol;
+use crate::proxy_config::UpstreamProtocol;
 
 /// Body sent upstream: the client's, streamed, or an empty one for a retried bodiless request.
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;

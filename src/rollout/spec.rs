@@ -94,6 +94,19 @@ pub struct NotifySpec {
 }
 
 impl RolloutSpec {
+    /// The stable version before any rollout, of a route with `versions`: `stable` if given,
+    /// else the first version that is not the canary, else the canary itself (a route with
+    /// one version has nothing to roll out).
+    pub fn initial_stable<'a>(&'a self, versions: &[&'a str]) -> &'a str {
+        self.stable.as_deref().unwrap_or_else(|| {
+            versions
+                .iter()
+                .copied()
+                .find(|v| *v != self.canary)
+                .unwrap_or(&self.canary)
+        })
+    }
+
     /// Checks what serde cannot, given the route's version names; returns a field path
     /// relative to the rollout and what is wrong.
     pub fn validate(&self, versions: &[&str]) -> Result<(), (String, String)> {

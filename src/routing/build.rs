@@ -6,23 +6,24 @@ use std::sync::Arc;
 use http::HeaderName;
 
 use super::{HostMatch, ProbeSettings, Route, RouteMatcher, RouteTable, Sticky, Version};
-use crate::config::{Config, RouteConfig};
 use crate::health::{EndpointRegistry, PassivePolicy};
 use crate::metrics::Metrics;
+use crate::proxy_config::{ProxyConfig, RouteConfig};
 use crate::units::{FULL_WEIGHT, WeightBps};
 
-/// Weights set by rollouts, by route: exactly the versions to keep in the table, in basis
-/// points. Versions of the route that are not listed are left out (removed after a drain).
-pub type RolloutWeights = BTreeMap<String, Vec<(String, WeightBps)>>;
+/// Weights set from outside the config (by rollouts), by route: exactly the versions to keep
+/// in the table, in basis points. Versions of the route that are not listed are left out
+/// (removed after a drain).
+pub type RouteWeights = BTreeMap<String, Vec<(String, WeightBps)>>;
 
 impl RouteTable {
-    /// `config` must have passed `Config::parse` validation. Routes with a rollout take their
-    /// weights from `rollouts`; before their rollout has a status, the stable version gets all.
+    /// `config` must have passed `ProxyConfig::validate`. A route listed in `weights` takes
+    /// them; else a route with an `initial_version` sends it everything; else the config's.
     pub fn from_config(
-        config: &Config,
+        config: &ProxyConfig,
         endpoints: &EndpointRegistry,
         metrics: &Metrics,
-        rollouts: &RolloutWeights,
+        weights: &RouteWeights,
     ) -> RouteTable {
         let p = &config.passive_health;
         RouteTable {
@@ -35,7 +36,7 @@ impl RouteTable {
                         config,
                         endpoints,
                         metrics,
-                        rollouts.get(&r.name),
+                        weights.get(&r.name),
                     ))
                 })
                 .collect(),
@@ -47,17 +48,11 @@ impl RouteTable {
 /// Which versions a route serves (indices into its config), with what weight.
 fn version_weights(
     r: &RouteConfig,
-    rollout: Option<&Vec<(String, WeightBps)>>,
+    set: Option<&Vec<(String, WeightBps)>>,
 ) -> Vec<(usize, WeightBps)> {
     let index = |name: &str| r.versions.iter().position(|v| v.name == name);
-    match (&r.rollout, rollout) {
-        (None, _) => r
-            .versions
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i, v.weight.unwrap_or(0)))
-            .collect(),
-        (Some(_), Some(weights))
+    match (set, &r.initial_version) {
+        (Some(weights), _)
             if !weights.is_empty() && weights.iter().all(|(n, _)| index(n).is_some()) =>
         {
             weights
@@ -65,35 +60,30 @@ fn version_weights(
                 .filter_map(|(n, w)| Some((index(n)?, *w)))
                 .collect()
         }
-        (Some(_), _) => {
-            let stable = r.initial_stable();
-            r.versions
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    (
-                        i,
-                        if Some(v.name.as_str()) == stable {
-                            FULL_WEIGHT
-                        } else {
-                            0
-                        },
-                    )
-                })
-                .collect()
-        }
+        (_, Some(initial)) => r
+            .versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i, if v.name == *initial { FULL_WEIGHT } else { 0 }))
+            .collect(),
+        (_, None) => r
+            .versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i, v.weight.unwrap_or(0)))
+            .collect(),
     }
 }
 
 fn build_route(
     r: &RouteConfig,
-    config: &Config,
+    config: &ProxyConfig,
     endpoints: &EndpointRegistry,
     metrics: &Metrics,
-    rollout: Option<&Vec<(String, WeightBps)>>,
+    weights: Option<&Vec<(String, WeightBps)>>,
 ) -> Route {
     let name: Arc<str> = r.name.as_str().into();
-    let versions = version_weights(r, rollout)
+    let versions = version_weights(r, weights)
         .into_iter()
         .map(|(i, weight)| {
             let v = &r.versions[i];
@@ -143,11 +133,12 @@ fn build_route(
         name,
         matcher,
         versions,
-        r.sticky_cookie().map(|s| Sticky {
-            cookie: s.cookie,
+        r.sticky.as_ref().map(|s| Sticky {
+            cookie: s.cookie.clone(),
             max_age: s.max_age,
         }),
-        r.version_header()
+        r.version_header
+            .as_deref()
             .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
         r.upstream_response_timeout
             .unwrap_or(config.timeouts.upstream_response),

@@ -3,6 +3,7 @@
 mod build;
 mod publisher;
 mod schedule;
+mod source;
 mod writer;
 
 use std::borrow::Cow;
@@ -11,14 +12,15 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
 
-use crate::config::UpstreamProtocol;
 use crate::health::{Endpoint, PassivePolicy, ProbeTarget};
 use crate::metrics::VersionStats;
+use crate::proxy_config::UpstreamProtocol;
 use crate::units::WeightBps;
 
-pub use build::RolloutWeights;
+pub use build::RouteWeights;
 pub use publisher::TablePublisher;
 pub use schedule::WeightSchedule;
+pub use source::{RouteSource, SourceFuture};
 pub use writer::{RouteError, RouteReader, RouteWriter};
 
 /// An immutable snapshot of all routes. Built off the request path, published as one `Arc`.

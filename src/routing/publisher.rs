@@ -1,15 +1,17 @@
-//! Builds route tables from the running config plus rollout weights, and publishes them one at a time.
+//! The one writer of route tables: builds them from the routes in force plus the weights set
+//! from outside the config, and publishes them one at a time.
 
 use std::sync::{Arc, Mutex};
 
-use super::{RolloutWeights, RouteReader, RouteTable, RouteWriter};
-use crate::config::Config;
+use super::{RouteError, RouteReader, RouteTable, RouteWeights, RouteWriter};
 use crate::health::{ActiveChecks, EndpointRegistry};
 use crate::metrics::Metrics;
-use crate::units::WeightBps;
+use crate::proxy_config::ProxyConfig;
+use crate::units::{FULL_WEIGHT, WeightBps, format_percent};
 
-/// The one place route tables come from: config reloads and rollouts both go through it,
-/// under one lock, so neither undoes the other's change.
+/// The only place route tables come from. A route source (the config file today, the
+/// cluster next) replaces the routes; rollouts set weights; both go through here under one
+/// lock, so neither undoes the other's change.
 pub struct TablePublisher {
     writer: RouteWriter,
     endpoints: Arc<EndpointRegistry>,
@@ -18,8 +20,8 @@ pub struct TablePublisher {
 }
 
 struct State {
-    config: Arc<Config>,
-    weights: RolloutWeights,
+    config: Arc<ProxyConfig>,
+    weights: RouteWeights,
     /// Active health probes of the table in force; a version removed from the table stops
     /// being probed, a new one starts.
     checks: ActiveChecks,
@@ -28,8 +30,8 @@ struct State {
 impl TablePublisher {
     /// Builds the first table and starts its health probes (call inside a tokio runtime).
     pub fn new(
-        config: Config,
-        weights: RolloutWeights,
+        config: ProxyConfig,
+        weights: RouteWeights,
         endpoints: Arc<EndpointRegistry>,
         metrics: Arc<Metrics>,
     ) -> (Arc<TablePublisher>, RouteReader) {
@@ -49,31 +51,41 @@ impl TablePublisher {
         (Arc::new(publisher), reader)
     }
 
-    /// The config in force.
-    pub fn config(&self) -> Arc<Config> {
+    /// The routes in force.
+    pub fn config(&self) -> Arc<ProxyConfig> {
         self.lock().config.clone()
     }
 
-    /// Puts a validated config in force.
-    pub fn replace_config(&self, config: Config) {
+    /// The table in force.
+    pub fn current(&self) -> Arc<RouteTable> {
+        self.writer.current()
+    }
+
+    /// Puts validated routes in force. Weights set for routes that are gone are forgotten.
+    pub fn replace_config(&self, config: ProxyConfig) {
         let mut state = self.lock();
+        state
+            .weights
+            .retain(|route, _| config.routes.iter().any(|r| r.name == *route));
         state.config = Arc::new(config);
         self.publish(&mut state);
     }
 
-    /// Sets the versions a rollout keeps in its route and their weights; publishes on change.
-    pub fn set_route_weights(&self, route: &str, weights: Vec<(String, WeightBps)>) {
+    /// Sets the weights of one route (basis points adding up to 10000): exactly the versions
+    /// to keep in its table, the others left out. They stay in force across route changes
+    /// until set again; on error nothing changes.
+    pub fn set_weights(
+        &self,
+        route: &str,
+        weights: Vec<(String, WeightBps)>,
+    ) -> Result<(), RouteError> {
         let mut state = self.lock();
-        if state.weights.get(route) == Some(&weights) {
-            return;
+        check_weights(&state.config, route, &weights)?;
+        if state.weights.get(route) != Some(&weights) {
+            state.weights.insert(route.to_string(), weights);
+            self.publish(&mut state);
         }
-        state.weights.insert(route.to_string(), weights);
-        self.publish(&mut state);
-    }
-
-    /// Direct access for weight changes outside rollouts (tests, tools).
-    pub fn writer(&self) -> &RouteWriter {
-        &self.writer
+        Ok(())
     }
 
     fn publish(&self, state: &mut State) {
@@ -93,4 +105,38 @@ impl TablePublisher {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn check_weights(
+    config: &ProxyConfig,
+    route: &str,
+    weights: &[(String, WeightBps)],
+) -> Result<(), RouteError> {
+    let r = config
+        .routes
+        .iter()
+        .find(|r| r.name == route)
+        .ok_or_else(|| RouteError::UnknownRoute(route.to_string()))?;
+    for (name, w) in weights {
+        let v = r.versions.iter().find(|v| v.name == *name).ok_or_else(|| {
+            RouteError::UnknownVersion {
+                route: route.to_string(),
+                version: name.clone(),
+            }
+        })?;
+        if *w > 0 && v.endpoints.is_empty() {
+            return Err(RouteError::NoEndpoints {
+                route: route.to_string(),
+                version: name.clone(),
+            });
+        }
+    }
+    let total: u32 = weights.iter().map(|(_, w)| u32::from(*w)).sum();
+    if total != u32::from(FULL_WEIGHT) {
+        return Err(RouteError::WeightsDoNotAddUp {
+            route: route.to_string(),
+            total: format_percent(total),
+        });
+    }
+    Ok(())
 }

@@ -1,11 +1,9 @@
-use std::path::Path;
-
 use http::{HeaderMap, HeaderValue};
 
 use super::*;
-use crate::config::Config;
 use crate::health::EndpointRegistry;
 use crate::metrics::Metrics;
+use crate::proxy_config::ProxyConfig;
 
 const CONFIG: &str = r#"
 listeners: [{name: web, listen: "127.0.0.1:8080"}]
@@ -23,14 +21,19 @@ routes:
       - {name: canary, weight: 0, endpoints: []}
 "#;
 
-fn table() -> (RouteWriter, RouteReader) {
-    let config = Config::parse(CONFIG, Path::new("t.yaml")).unwrap();
-    RouteWriter::new(RouteTable::from_config(
-        &config,
-        &EndpointRegistry::default(),
-        &Metrics::default(),
-        &Default::default(),
-    ))
+fn table() -> (Arc<TablePublisher>, RouteReader) {
+    let config: ProxyConfig = serde_yaml::from_str(CONFIG).unwrap();
+    config.validate("127.0.0.1:9901".parse().unwrap()).unwrap();
+    TablePublisher::new(
+        config,
+        Default::default(),
+        Arc::new(EndpointRegistry::default()),
+        Arc::new(Metrics::default()),
+    )
+}
+
+fn weights(pairs: &[(&str, WeightBps)]) -> Vec<(String, WeightBps)> {
+    pairs.iter().map(|(n, w)| (n.to_string(), *w)).collect()
 }
 
 fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -79,7 +82,7 @@ fn matches_host_path_segments_and_headers() {
 #[test]
 fn version_header_forces_even_a_version_without_weight() {
     let (w, r) = table();
-    w.set_weights("api", &[("stable", 10_000), ("canary", 0)])
+    w.set_weights("api", weights(&[("stable", 10_000), ("canary", 0)]))
         .unwrap();
     let t = r.load();
     let api = t.route("api").unwrap();
@@ -95,7 +98,8 @@ fn sticky_cookie_holds_only_while_its_version_has_weight() {
     let cookie = headers(&[("cookie", "a=b; tg=canary")]);
     let (i, how) = r.load().route("api").unwrap().choose(&cookie);
     assert_eq!((i, how), (1, Choice::Sticky));
-    w.set_weights("api", &[("stable", 10_000)]).unwrap();
+    w.set_weights("api", weights(&[("stable", 10_000)]))
+        .unwrap();
     let t = r.load();
     for _ in 0..20 {
         assert_eq!(
@@ -109,22 +113,22 @@ fn sticky_cookie_holds_only_while_its_version_has_weight() {
 fn bad_weight_changes_are_refused_and_change_nothing() {
     let (w, r) = table();
     assert_eq!(
-        w.set_weights("api", &[("stable", 5000), ("canary", 4000)]),
+        w.set_weights("api", weights(&[("stable", 5000), ("canary", 4000)])),
         Err(RouteError::WeightsDoNotAddUp {
             route: "api".into(),
             total: "90".into()
         })
     );
     assert!(matches!(
-        w.set_weights("nope", &[]),
+        w.set_weights("nope", weights(&[])),
         Err(RouteError::UnknownRoute(_))
     ));
     assert!(matches!(
-        w.set_weights("api", &[("blue", 10_000)]),
+        w.set_weights("api", weights(&[("blue", 10_000)])),
         Err(RouteError::UnknownVersion { .. })
     ));
     assert!(matches!(
-        w.set_weights("rest", &[("canary", 10_000)]),
+        w.set_weights("rest", weights(&[("canary", 10_000)])),
         Err(RouteError::NoEndpoints { .. })
     ));
     let t = r.load();
@@ -140,10 +144,29 @@ fn bad_weight_changes_are_refused_and_change_nothing() {
 }
 
 #[test]
+fn set_weights_outlast_a_new_config_and_leave_unlisted_versions_out() {
+    let (w, r) = table();
+    w.set_weights("api", weights(&[("canary", 10_000)]))
+        .unwrap();
+    let mut config = (*w.config()).clone();
+    config.routes[0].upstream_response_timeout = Some(std::time::Duration::from_secs(3));
+    w.replace_config(config);
+    let t = r.load();
+    let api = t.route("api").unwrap();
+    assert_eq!(api.response_timeout, std::time::Duration::from_secs(3));
+    let names: Vec<_> = api.versions.iter().map(|v| (&*v.name, v.weight)).collect();
+    assert_eq!(
+        names,
+        [("canary", 10_000)],
+        "a reload does not undo the weights"
+    );
+}
+
+#[test]
 fn weight_changes_keep_endpoint_state_and_counters() {
     let (w, r) = table();
     let before = r.load_full();
-    w.set_weights("api", &[("stable", 5000), ("canary", 5000)])
+    w.set_weights("api", weights(&[("stable", 5000), ("canary", 5000)]))
         .unwrap();
     let after = r.load_full();
     let (a, b) = (

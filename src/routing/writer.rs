@@ -1,13 +1,12 @@
-//! The one writer of the route table and its many readers, over a single `ArcSwap`.
+//! The route table's writer (the publisher's) and its many readers, over a single `ArcSwap`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 
-use super::{Route, RouteTable};
-use crate::units::{FULL_WEIGHT, WeightBps, format_percent};
+use super::RouteTable;
 
-/// A weight change that cannot be applied; the running table stays as it was.
+/// Weights that cannot be applied; the running table stays as it was.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RouteError {
     #[error("no route named `{0}`")]
@@ -36,11 +35,9 @@ impl RouteReader {
     }
 }
 
-/// Write side: config reload now, the rollout engine later. Updates are serialized, so a
-/// read-modify-write (like a weight change) never loses a concurrent one.
+/// Write side, held by the publisher alone.
 pub struct RouteWriter {
     table: Arc<ArcSwap<RouteTable>>,
-    lock: Mutex<()>,
 }
 
 impl RouteWriter {
@@ -49,7 +46,6 @@ impl RouteWriter {
         (
             RouteWriter {
                 table: table.clone(),
-                lock: Mutex::new(()),
             },
             RouteReader(table),
         )
@@ -57,70 +53,10 @@ impl RouteWriter {
 
     /// Replaces the whole table. Requests in flight finish on the table they started with.
     pub fn publish(&self, table: RouteTable) {
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.table.store(Arc::new(table));
     }
 
     pub fn current(&self) -> Arc<RouteTable> {
         self.table.load_full()
-    }
-
-    /// Sets the weights of one route's versions (basis points, all versions named, adding up to
-    /// 10000) and publishes the new table; on error nothing changes.
-    pub fn set_weights(
-        &self,
-        route: &str,
-        weights: &[(&str, WeightBps)],
-    ) -> Result<(), RouteError> {
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.table.load_full();
-        let idx = current
-            .routes
-            .iter()
-            .position(|r| &*r.name == route)
-            .ok_or_else(|| RouteError::UnknownRoute(route.to_string()))?;
-        let old = &current.routes[idx];
-        let mut versions = old.versions.clone();
-        for v in &mut versions {
-            v.weight = 0;
-        }
-        for &(name, w) in weights {
-            let v = versions
-                .iter_mut()
-                .find(|v| &*v.name == name)
-                .ok_or_else(|| RouteError::UnknownVersion {
-                    route: route.to_string(),
-                    version: name.to_string(),
-                })?;
-            if w > 0 && v.endpoints.is_empty() {
-                return Err(RouteError::NoEndpoints {
-                    route: route.to_string(),
-                    version: name.to_string(),
-                });
-            }
-            v.weight = w;
-        }
-        let total: u32 = versions.iter().map(|v| u32::from(v.weight)).sum();
-        if total != u32::from(FULL_WEIGHT) {
-            return Err(RouteError::WeightsDoNotAddUp {
-                route: route.to_string(),
-                total: format_percent(total),
-            });
-        }
-        let new_route = Route::new(
-            old.name.clone(),
-            old.matcher.clone(),
-            versions,
-            old.sticky.clone(),
-            old.version_header.clone(),
-            old.response_timeout,
-        );
-        let mut routes = current.routes.clone();
-        routes[idx] = Arc::new(new_route);
-        self.table.store(Arc::new(RouteTable {
-            routes,
-            passive: current.passive,
-        }));
-        Ok(())
     }
 }
