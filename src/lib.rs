@@ -10,6 +10,7 @@ pub mod controller;
 pub mod demo;
 pub mod health;
 pub mod httpclient;
+pub mod kube;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;

@@ -87,6 +87,8 @@ enum Command {
         #[arg(long)]
         keep_running: bool,
     },
+    /// Print the `Rollout` CustomResourceDefinition (YAML) for `kubectl apply -f -`.
+    Crdgen,
 }
 
 #[derive(clap::Args)]
@@ -117,6 +119,10 @@ enum Output {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Crdgen => {
+            print!("{}", tidegate::kube::crd::definition_yaml());
+            ExitCode::SUCCESS
+        }
         Command::Validate { config } => match Config::load(&config) {
             Ok(c) => {
                 println!(

@@ -18,6 +18,7 @@
 //! Pass: a second e-value, "as good" against "`1 + minEffect` times worse", rules out a
 //! regression of that size when it reaches `1/alpha`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Regression sizes (canary event rate over stable's) the rollback test weighs; those at
@@ -27,7 +28,7 @@ const EFFECTS: [f64; 12] = [
 ];
 
 /// A number of responses of each version.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Pair {
     pub canary: u64,
     pub stable: u64,
@@ -61,7 +62,7 @@ pub struct Settings {
 }
 
 /// A sequential test in progress, kept in the rollout status so it survives restarts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SequentialState {
     /// Unix ms up to which seconds have been judged: a later look starts there.
@@ -72,7 +73,7 @@ pub struct SequentialState {
 }
 
 /// The test on one kind of event: errors, or responses slower than a pooled quantile.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamState {
     /// What counts as an event, e.g. `errors` or `slower than p99`.
@@ -94,7 +95,7 @@ pub struct StreamState {
 /// (quasi-likelihood), so such noise is not taken for a regression. It is estimated from
 /// finished blocks only, around the excess they show, so a steady regression does not
 /// inflate it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Dispersion {
     /// The block in progress (start / 10 s), its canary excess over the expected share,

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::codes::ErrorCode;
@@ -11,14 +12,14 @@ use super::sequential::Settings;
 use crate::units::serde_duration;
 
 /// A set of metrics judged together: a step analysis or the background analysis.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AnalysisSpec {
     pub metrics: Vec<MetricSpec>,
 }
 
 /// Analysis that runs through the whole rollout, from `startingStep` on.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BackgroundAnalysis {
     /// Index of the step from which the background analysis runs (0 = from the start).
@@ -27,15 +28,17 @@ pub struct BackgroundAnalysis {
     pub metrics: Vec<MetricSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MetricSpec {
     pub name: String,
     // A one-key map (`builtin: {...}`), not a YAML tag.
     #[serde(with = "serde_yaml::with::singleton_map")]
+    #[schemars(with = "ProviderSpec")]
     pub provider: ProviderSpec,
     /// Time between measurements.
     #[serde(default = "default_interval", with = "serde_duration")]
+    #[schemars(with = "String")]
     pub interval: Duration,
     /// Measurements to take; a step analysis completes after this many (default 1). The
     /// background analysis ignores it and measures until the rollout ends.
@@ -43,9 +46,11 @@ pub struct MetricSpec {
     pub count: Option<u32>,
     /// e.g. `result < 0.01`. When it does not hold, the measurement fails.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub success_condition: Option<Condition>,
     /// e.g. `result >= 0.05`. When it holds, the measurement fails.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub failure_condition: Option<Condition>,
     /// Failed measurements tolerated; one more fails the metric.
     #[serde(default)]
@@ -70,7 +75,7 @@ fn default_error_limit() -> u32 {
 }
 
 /// Where a metric's value comes from. Written as a one-key map: `provider: {builtin: {...}}`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub enum ProviderSpec {
     Builtin(BuiltinMetric),
@@ -81,7 +86,7 @@ pub enum ProviderSpec {
 }
 
 /// The proxy's own per-version sliding windows.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BuiltinMetric {
     pub metric: BuiltinKind,
@@ -90,10 +95,12 @@ pub struct BuiltinMetric {
     pub quantile: Option<f64>,
     /// How far back the window looks (1s..60s).
     #[serde(default = "default_window", with = "serde_duration")]
+    #[schemars(with = "String")]
     pub window: Duration,
     /// For `errorRate`: status codes or classes that count as errors (`5xx`, `429`).
     /// Default: 5xx.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub codes: Vec<ErrorCode>,
     /// Judge the canary against this version. With no `successCondition` or
     /// `failureCondition`, `errorRate` and `latency` are judged by the sequential test
@@ -121,7 +128,7 @@ fn default_window() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum BuiltinKind {
     /// Share of responses that are errors (0..1).
@@ -132,13 +139,13 @@ pub enum BuiltinKind {
     RequestRate,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum CompareWith {
     Stable,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PrometheusMetric {
     /// Base URL of the Prometheus server, e.g. `http://127.0.0.1:9090`.
@@ -146,6 +153,7 @@ pub struct PrometheusMetric {
     /// PromQL; `{{route}}`, `{{version}}`, `{{canary}}`, `{{stable}}`, `{{namespace}}` are filled in.
     pub query: String,
     #[serde(default = "default_timeout", with = "serde_duration")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     #[serde(default)]
     pub bearer_token_file: Option<String>,
@@ -155,7 +163,7 @@ pub struct PrometheusMetric {
     pub headers: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BasicAuth {
     pub username: String,
@@ -168,7 +176,7 @@ fn default_timeout() -> Duration {
 }
 
 /// A webhook: 2xx passes; with `jsonPath` the named field becomes the result.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpMetric {
     pub url: String,
@@ -176,17 +184,24 @@ pub struct HttpMetric {
     pub method: HttpMethod,
     /// JSON body for POST; the same variables as PromQL queries are filled in.
     #[serde(default)]
+    #[schemars(schema_with = "any_json")]
     pub body: Option<serde_json::Value>,
     /// Dotted path to a number or boolean in the JSON response, e.g. `data.errorRate`.
     #[serde(default)]
     pub json_path: Option<String>,
     #[serde(default = "default_timeout", with = "serde_duration")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+/// Any JSON value, as Kubernetes takes one in a schema (it needs a type or this marker).
+fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"x-kubernetes-preserve-unknown-fields": true, "nullable": true})
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum HttpMethod {
     #[default]
@@ -194,7 +209,7 @@ pub enum HttpMethod {
     Post,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HealthcheckMetric {}
 

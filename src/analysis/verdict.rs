@@ -1,5 +1,6 @@
 //! Judging measurements against conditions and limits: Pass, Fail or Inconclusive, never a silent pass.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::sequential::{SequentialState, Slice};
@@ -17,7 +18,7 @@ pub enum Reading {
     Error(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Outcome {
     Successful,
@@ -27,7 +28,7 @@ pub enum Outcome {
 }
 
 /// One judged measurement, kept in the rollout status.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Measurement {
     /// Unix milliseconds.
@@ -45,7 +46,7 @@ pub struct Measurement {
 }
 
 /// Requests behind a builtin measurement, per version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestCounts {
     pub canary: u64,
@@ -68,7 +69,7 @@ impl Measurement {
 }
 
 /// The state of a metric over its measurements so far.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", tag = "phase", content = "reason")]
 pub enum Verdict {
     Running,
@@ -157,7 +158,7 @@ pub fn show(v: f64) -> String {
 }
 
 /// Counts of a metric's measurements, kept in the rollout status.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricTally {
     pub successes: u32,

@@ -4,15 +4,18 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{AnalysisSpec, BackgroundAnalysis};
 use crate::units::{FULL_WEIGHT, WeightBps, serde_duration, serde_opt_duration, serde_weight};
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RolloutSpec {
-    /// The version to roll out. Changing it (or its endpoints or revision) starts a rollout.
+    /// Local mode: the version to roll out. Changing it (or its endpoints or revision) starts
+    /// a rollout. Kubernetes mode leaves it out: the Deployment's new pod template is the canary.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub canary: String,
     /// The version serving before the first rollout; later the last promoted canary is stable.
     /// Default: the first version that is not the canary.
@@ -20,12 +23,14 @@ pub struct RolloutSpec {
     pub stable: Option<String>,
     // Steps are one-key maps (`setWeight: 10`), not YAML tags.
     #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
+    #[schemars(with = "Vec<Step>")]
     pub steps: Vec<Step>,
     /// Analysis running through the rollout, from `startingStep` on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<BackgroundAnalysis>,
     /// Highest canary weight a `setWeight` step may set (promotion still goes to 100).
     #[serde(default = "full_weight", with = "serde_weight")]
+    #[schemars(with = "f64")]
     pub max_weight: WeightBps,
     /// Pin clients to the version they got (cookie `tidegate-<route>`), while it has weight.
     #[serde(default)]
@@ -37,13 +42,16 @@ pub struct RolloutSpec {
     /// After promotion, how long requests and upgraded connections in flight on the old version
     /// may take to finish before it is removed anyway.
     #[serde(default = "default_drain", with = "serde_duration")]
+    #[schemars(with = "String")]
     pub drain_timeout: Duration,
     /// After promotion, keep the old version at least this long before removing it (a quick
     /// way back while it still runs).
     #[serde(default, with = "serde_duration")]
+    #[schemars(with = "String")]
     pub scale_down_delay: Duration,
     /// A step (other than a pause waiting for a human) taking longer than this aborts the rollout.
     #[serde(default = "default_deadline", with = "serde_duration")]
+    #[schemars(with = "String")]
     pub progress_deadline: Duration,
     /// Local mode: a shell command run when an old version is removed, e.g.
     /// `systemctl stop app@{version}`; `{route}` and `{version}` are filled in.
@@ -67,15 +75,19 @@ fn default_deadline() -> Duration {
 
 /// One step, written as a one-key map: `setWeight: 12.5`, `pause: {duration: 2m}`,
 /// `pause: {}` (wait for promote), `analysis: {metrics: [...]}`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub enum Step {
-    SetWeight(#[serde(with = "serde_weight")] WeightBps),
+    SetWeight(
+        #[serde(with = "serde_weight")]
+        #[schemars(with = "f64")]
+        WeightBps,
+    ),
     Pause(PauseStep),
     Analysis(AnalysisSpec),
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PauseStep {
     /// Without a duration the rollout waits for `promote`.
@@ -84,10 +96,11 @@ pub struct PauseStep {
         with = "serde_opt_duration",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<String>")]
     pub duration: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NotifySpec {
     pub webhook: String,
@@ -110,6 +123,12 @@ impl RolloutSpec {
     /// Checks what serde cannot, given the route's version names; returns a field path
     /// relative to the rollout and what is wrong.
     pub fn validate(&self, versions: &[&str]) -> Result<(), (String, String)> {
+        if self.canary.is_empty() {
+            return Err((
+                "canary".into(),
+                "which version to roll out is needed, e.g. `canary: v2`".into(),
+            ));
+        }
         if !versions.contains(&self.canary.as_str()) {
             return Err((
                 "canary".into(),

@@ -1,6 +1,7 @@
 //! The status record: everything a rollout knows, persisted on every transition. Times are
 //! unix milliseconds, so timers survive restarts as start times, not countdowns.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::MetricTally;
@@ -9,7 +10,7 @@ use crate::units::{FULL_WEIGHT, WeightBps, serde_weight};
 /// Events kept in the status (older ones are dropped).
 pub const HISTORY_LEN: usize = 100;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Phase {
     /// No rollout in progress: the stable version takes all traffic.
     Healthy,
@@ -39,7 +40,7 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum PauseReason {
     /// A `pause: {}` step: `promote` continues.
@@ -50,7 +51,7 @@ pub enum PauseReason {
     Inconclusive,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Pause {
     pub reason: PauseReason,
@@ -58,7 +59,7 @@ pub struct Pause {
 }
 
 /// One analysis run (a step's, or the background one) and its metrics' tallies.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalysisRun {
     /// Unique within the rollout; late measurements of an older run are dropped.
@@ -67,7 +68,7 @@ pub struct AnalysisRun {
     pub metrics: Vec<MetricRun>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricRun {
     pub name: String,
@@ -80,14 +81,14 @@ pub struct MetricRun {
 }
 
 /// A version taken out of rotation after a promotion, waiting to drain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retiring {
     pub version: String,
     pub since: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum EventKind {
     Started,
@@ -118,7 +119,7 @@ impl EventKind {
 }
 
 /// A transition, with its reason and the figures behind it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     pub at: u64,
@@ -126,10 +127,11 @@ pub struct Event {
     pub message: String,
     pub step: usize,
     #[serde(with = "serde_weight")]
+    #[schemars(with = "f64")]
     pub canary_weight: WeightBps,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
     pub route: String,
@@ -144,6 +146,7 @@ pub struct RolloutStatus {
     #[serde(default)]
     pub canary_revision: String,
     #[serde(with = "serde_weight")]
+    #[schemars(with = "f64")]
     pub canary_weight: WeightBps,
     /// Index of the current step; equal to the number of steps once all are done.
     pub step: usize,

@@ -1,0 +1,5 @@
+//! Kubernetes mode: the `Rollout` resource and how users describe rollouts on a cluster.
+
+pub mod crd;
+
+pub use crd::{Rollout, RolloutResourceSpec, RolloutResourceStatus};

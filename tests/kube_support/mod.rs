@@ -1,0 +1,57 @@
+//! A client for the real Kubernetes API server `../shared/tools/k8s-testenv up` starts
+//! (`TIDEGATE_TEST_KUBECONFIG`), with the Rollout CRD installed, and a namespace per test.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, CustomResourceExt};
+use tidegate::kube::Rollout;
+
+/// A client of the test API server. Panics with what to run when there is none: these tests
+/// need a real server (scripts/test.sh starts one).
+pub async fn client() -> Client {
+    let path = std::env::var("TIDEGATE_TEST_KUBECONFIG").unwrap_or_else(|_| {
+        panic!(
+            "TIDEGATE_TEST_KUBECONFIG is not set: run `eval \"$(../shared/tools/k8s-testenv up)\"` (scripts/test.sh does)"
+        )
+    });
+    let kubeconfig = Kubeconfig::read_from(&path).expect("read the test kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("test kubeconfig is usable");
+    Client::try_from(config).expect("client")
+}
+
+/// Installs (or updates) the Rollout CRD from the Rust types and waits until it is served.
+pub async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "rollouts.tidegate.dev",
+        &PatchParams::apply("tidegate-tests").force(),
+        &Patch::Apply(Rollout::crd()),
+    )
+    .await
+    .expect("the CRD installs");
+    for _ in 0..100 {
+        let crd = crds.get("rollouts.tidegate.dev").await.expect("get CRD");
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the Rollout CRD was not established");
+}
+
+/// A namespace name of its own for one test run.
+pub fn namespace(test: &str) -> String {
+    format!("{test}-{:08x}", fastrand::u32(..))
+}
