@@ -3,7 +3,7 @@
 
 use crate::metrics::VersionStats;
 use crate::metrics::WindowSnapshot;
-use crate::metrics::window::{LATENCY_BUCKETS, SecondCounts};
+use crate::metrics::window::{LATENCY_BUCKETS, SecondCounts, bucket_upper_micros};
 
 use super::codes::ErrorCode;
 use super::sequential::{Pair, Slice};
@@ -79,14 +79,27 @@ fn value(metric: &BuiltinMetric, w: &WindowSnapshot, min: u64) -> Result<f64, St
 /// responses slower than the pooled `quantile` (both versions together) of the last seconds.
 pub fn stream_names(metric: &BuiltinMetric) -> Vec<String> {
     match metric.metric {
-        BuiltinKind::Latency => vec![format!(
-            "responses slower than the pooled {}",
-            quantile_name(metric.quantile.unwrap_or(0.99))
-        )],
-        _ if metric.codes.is_empty() => vec!["errors (5xx)".to_string()],
+        BuiltinKind::Latency => {
+            let q = quantile_name(metric.quantile.unwrap_or(0.99));
+            vec![match metric.max_ratio {
+                Some(r) if r > 1.0 => format!("responses slower than {r}x the pooled {q}"),
+                _ => format!("responses slower than the pooled {q}"),
+            }]
+        }
         _ => {
             let codes: Vec<String> = metric.codes.iter().map(|c| c.to_string()).collect();
-            vec![format!("errors ({})", codes.join(", "))]
+            let codes = if codes.is_empty() {
+                "5xx".to_string()
+            } else {
+                codes.join(", ")
+            };
+            vec![match metric.max_increase {
+                Some(d) if d > 0.0 => format!(
+                    "errors ({codes}), tolerating {} points over stable's rate",
+                    super::verdict::show(d * 100.0)
+                ),
+                _ => format!("errors ({codes})"),
+            }]
         }
     }
 }
@@ -129,7 +142,7 @@ pub fn slices(
             let events = match &mut latency {
                 Some(pooled) => {
                     let q = metric.quantile.unwrap_or(0.99);
-                    let slow = pooled.slower_than(q, &c, &st);
+                    let slow = pooled.slower_than(q, metric.max_ratio.unwrap_or(1.0), &c, &st);
                     pooled.push(&c, &st);
                     slow
                 }
@@ -206,8 +219,16 @@ impl PooledLatency {
     }
 
     /// Responses of each version above the bucket holding pooled quantile `q` of the past
-    /// seconds (of this second itself, both versions together, when there are none yet).
-    fn slower_than(&self, q: f64, canary: &SecondCounts, stable: &SecondCounts) -> Pair {
+    /// seconds (of this second itself, both versions together, when there are none yet); the
+    /// canary's only when surely above `ratio` times that bound (its tolerance), so a canary
+    /// at most `ratio` times slower than stable gets at most its share of them.
+    fn slower_than(
+        &self,
+        q: f64,
+        ratio: f64,
+        canary: &SecondCounts,
+        stable: &SecondCounts,
+    ) -> Pair {
         let own: Vec<u64>;
         let pooled = if self.sum.iter().any(|&n| n > 0) {
             &self.sum
@@ -231,10 +252,15 @@ impl PooledLatency {
                 break;
             }
         }
-        let above = |h: &[u64]| h.iter().skip(threshold + 1).sum();
+        let above = |h: &[u64], from: usize| h.iter().skip(from).sum();
+        // The first bucket whose every latency is above `ratio` times the threshold.
+        let bound = bucket_upper_micros(threshold.min(LATENCY_BUCKETS - 1)) as f64 * ratio;
+        let canary_from = (threshold + 1..LATENCY_BUCKETS)
+            .find(|&b| (bucket_upper_micros(b - 1) + 1) as f64 >= bound)
+            .unwrap_or(LATENCY_BUCKETS);
         Pair {
-            canary: above(&canary.latency),
-            stable: above(&stable.latency),
+            canary: above(&canary.latency, canary_from),
+            stable: above(&stable.latency, threshold + 1),
         }
     }
 }

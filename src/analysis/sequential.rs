@@ -59,6 +59,9 @@ pub struct Settings {
     pub alpha: f64,
     pub min_effect: f64,
     pub min_requests: u64,
+    /// How much more often than stable the canary may err and still count as good: this
+    /// share of requests on top of stable's error rate (`maxIncrease`). 0 for none.
+    pub max_increase: f64,
 }
 
 /// A sequential test in progress, kept in the rollout status so it survives restarts.
@@ -196,8 +199,10 @@ impl SequentialState {
                 continue;
             }
             let share = canary as f64 / (canary + stable) as f64;
+            let stable_requests = self.requests.stable as f64;
             for (stream, events) in self.streams.iter_mut().zip(&slice.events) {
-                stream.weigh(slice.start, share, *events, settings.min_effect);
+                let tolerated = stream.tolerated(settings.max_increase, stable_requests);
+                stream.weigh(slice.start, share, tolerated, *events, settings.min_effect);
             }
         }
     }
@@ -274,28 +279,43 @@ pub fn show_e(v: f64) -> String {
 }
 
 impl StreamState {
-    fn weigh(&mut self, start: u64, share: f64, events: Pair, min_effect: f64) {
+    /// The ratio of the canary's event rate to stable's still counted as good: 1, or with
+    /// `max_increase` points on top of stable's rate as seen so far (the seconds before this
+    /// one, so the ratio is fixed before its events are).
+    fn tolerated(&self, max_increase: f64, stable_requests: f64) -> f64 {
+        if max_increase <= 0.0 {
+            return 1.0;
+        }
+        let stable_rate = (self.events.stable as f64 + 0.5) / (stable_requests + 1.0);
+        (stable_rate + max_increase) / stable_rate
+    }
+
+    /// Weighs one second's events: `share` of the requests went to the canary, and a canary
+    /// erring `tolerated` times as often as stable is still good.
+    fn weigh(&mut self, start: u64, share: f64, tolerated: f64, events: Pair, min_effect: f64) {
         let (x, y) = (events.canary as f64, events.stable as f64);
         if x + y == 0.0 {
             return;
         }
+        // The canary's share of the events if its rate is `rho` times stable's.
+        let shifted = |rho: f64| share * rho / (share * rho + 1.0 - share);
+        let good = shifted(tolerated);
         // Tempered by what finished blocks showed, before this second joins its block.
         let temper = 1.0 / self.dispersion.factor();
         self.dispersion.add(start, share, x, x + y);
         self.events.add(events);
-        self.expected += share * (x + y);
-        // ln of the likelihood ratio of these events' versions: canary share `worse` against `share`.
+        self.expected += good * (x + y);
+        // ln of the likelihood ratio of these events' versions: canary share `worse` against `good`.
         let ln_ratio = |worse: f64| {
-            temper * (x * (worse / share).ln() + y * ((1.0 - worse) / (1.0 - share)).ln())
+            temper * (x * (worse / good).ln() + y * ((1.0 - worse) / (1.0 - good)).ln())
         };
-        let shifted = |rho: f64| share * rho / (share * rho + 1.0 - share);
         if self.log_e.len() != EFFECTS.len() {
             self.log_e = vec![0.0; EFFECTS.len()];
         }
         for (l, rho) in self.log_e.iter_mut().zip(EFFECTS) {
-            *l += ln_ratio(shifted(rho));
+            *l += ln_ratio(shifted(tolerated * rho));
         }
-        self.log_pass -= ln_ratio(shifted(1.0 + min_effect));
+        self.log_pass -= ln_ratio(shifted(tolerated * (1.0 + min_effect)));
     }
 }
 
@@ -307,6 +327,7 @@ mod tests {
         alpha: 0.01,
         min_effect: 0.2,
         min_requests: 100,
+        max_increase: 0.0,
     };
 
     fn slice(start: u64, requests: (u64, u64), errors: (u64, u64)) -> Slice {
@@ -354,6 +375,33 @@ mod tests {
         }
         assert!(st.e_value(0.2) < 1.0, "{}", st.summary(&SETTINGS));
         assert!(st.cleared(&SETTINGS), "{}", st.summary(&SETTINGS));
+    }
+
+    #[test]
+    fn a_tolerated_increase_is_not_a_regression_and_more_is() {
+        let tolerant = Settings {
+            max_increase: 0.005,
+            ..SETTINGS
+        };
+        // Stable fails 1.1 % of its 180 requests a second, the canary 1.4 % of its 20: 0.3
+        // points worse, within the 0.5 tolerated, though a regression without a tolerance.
+        let (mut within, mut strict) = (state(), state());
+        for t in 0..3000u64 {
+            let second = [slice(t * 1000, (20, 180), (u64::from((t * 28) % 100 < 28), 2))];
+            within.update(&second, &tolerant);
+            strict.update(&second, &SETTINGS);
+        }
+        assert!(!within.regressed(&tolerant), "{}", within.summary(&tolerant));
+        assert!(strict.regressed(&SETTINGS), "{}", strict.summary(&SETTINGS));
+        // 3 points worse: caught.
+        let mut st = state();
+        for t in 0..300u64 {
+            st.update(
+                &[slice(t * 1000, (20, 180), (u64::from(t % 5 < 4), 2))],
+                &tolerant,
+            );
+        }
+        assert!(st.regressed(&tolerant), "{}", st.summary(&tolerant));
     }
 
     #[test]

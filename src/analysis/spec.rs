@@ -116,6 +116,14 @@ pub struct BuiltinMetric {
     /// 0.2 = the canary errs (or is slow) 20 % more often than stable. Default 0.2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_effect: Option<f64>,
+    /// Sequential judge, `errorRate`: the canary may fail this share of requests more than
+    /// stable and still count as good (0.005 = half a percentage point). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_increase: Option<f64>,
+    /// Sequential judge, `latency`: the canary's responses may be this many times slower
+    /// than stable's and still count as good (1.2 = 20 % slower). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ratio: Option<f64>,
 }
 
 /// Sequential judge defaults.
@@ -228,6 +236,7 @@ impl MetricSpec {
                     alpha: b.alpha.unwrap_or(DEFAULT_ALPHA),
                     min_effect: b.min_effect.unwrap_or(DEFAULT_MIN_EFFECT),
                     min_requests: self.min_requests.unwrap_or(DEFAULT_SEQUENTIAL_MIN_REQUESTS),
+                    max_increase: b.max_increase.unwrap_or(0.0),
                 })
             }
             _ => None,
@@ -285,11 +294,41 @@ impl MetricSpec {
                     ));
                 }
                 let sequential = self.sequential().is_some();
-                if !sequential && (b.alpha.is_some() || b.min_effect.is_some()) {
+                let judge_fields = [b.alpha, b.min_effect, b.max_increase, b.max_ratio];
+                if !sequential && judge_fields.iter().any(Option::is_some) {
                     return Err((
                         "provider.builtin".into(),
-                        "alpha and minEffect belong to the sequential judge: errorRate or latency with `compare: stable` and no successCondition or failureCondition".into(),
+                        "alpha, minEffect, maxIncrease and maxRatio belong to the sequential judge: errorRate or latency with `compare: stable` and no successCondition or failureCondition".into(),
                     ));
+                }
+                match (b.metric, b.max_increase, b.max_ratio) {
+                    (BuiltinKind::ErrorRate, Some(d), _) if !(0.0..1.0).contains(&d) => {
+                        return Err((
+                            "provider.builtin.maxIncrease".into(),
+                            format!(
+                                "`{d}` is not a share of requests in 0..1 (0.005 = half a point)"
+                            ),
+                        ));
+                    }
+                    (BuiltinKind::Latency, _, Some(r)) if !(1.0..=10.0).contains(&r) => {
+                        return Err((
+                            "provider.builtin.maxRatio".into(),
+                            format!("`{r}` is not a ratio in 1..10 (1.2 = 20 % slower)"),
+                        ));
+                    }
+                    (BuiltinKind::Latency, Some(_), _) => {
+                        return Err((
+                            "provider.builtin.maxIncrease".into(),
+                            "maxIncrease is for errorRate; latency takes maxRatio".into(),
+                        ));
+                    }
+                    (BuiltinKind::ErrorRate, _, Some(_)) => {
+                        return Err((
+                            "provider.builtin.maxRatio".into(),
+                            "maxRatio is for latency; errorRate takes maxIncrease".into(),
+                        ));
+                    }
+                    _ => {}
                 }
                 // The windows keep a minute: a look must come before its seconds are gone.
                 if sequential && self.interval > Duration::from_secs(30) {

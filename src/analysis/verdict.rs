@@ -289,6 +289,8 @@ mod tests {
                 compare: None,
                 alpha: None,
                 min_effect: None,
+                max_increase: None,
+                max_ratio: None,
             }),
             interval: Duration::from_secs(1),
             count: Some(3),
