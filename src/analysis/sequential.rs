@@ -387,11 +387,19 @@ mod tests {
         // points worse, within the 0.5 tolerated, though a regression without a tolerance.
         let (mut within, mut strict) = (state(), state());
         for t in 0..3000u64 {
-            let second = [slice(t * 1000, (20, 180), (u64::from((t * 28) % 100 < 28), 2))];
+            let second = [slice(
+                t * 1000,
+                (20, 180),
+                (u64::from((t * 28) % 100 < 28), 2),
+            )];
             within.update(&second, &tolerant);
             strict.update(&second, &SETTINGS);
         }
-        assert!(!within.regressed(&tolerant), "{}", within.summary(&tolerant));
+        assert!(
+            !within.regressed(&tolerant),
+            "{}",
+            within.summary(&tolerant)
+        );
         assert!(strict.regressed(&SETTINGS), "{}", strict.summary(&SETTINGS));
         // 3 points worse: caught.
         let mut st = state();

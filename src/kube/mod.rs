@@ -1,5 +1,6 @@
 //! Kubernetes mode: the `Rollout` resource and how users describe rollouts on a cluster.
 
+pub mod annotations;
 pub mod crd;
 
 pub use crd::{Rollout, RolloutResourceSpec, RolloutResourceStatus};

@@ -143,6 +143,30 @@ impl RolloutSpec {
                 format!("no version named `{stable}` in this route"),
             ));
         }
+        self.validate_strategy()
+    }
+
+    /// Checks a rollout of a Kubernetes workload: its versions are the Deployment's pod
+    /// templates, so it names none, and nothing runs commands on the controller's host.
+    pub fn validate_for_cluster(&self) -> Result<(), (String, String)> {
+        for (field, set) in [
+            ("canary", !self.canary.is_empty()),
+            ("stable", self.stable.is_some()),
+            ("onRemove", self.on_remove.is_some()),
+        ] {
+            if set {
+                return Err((
+                    field.into(),
+                    "not for a Kubernetes rollout: the Deployment's pod templates are its versions"
+                        .into(),
+                ));
+            }
+        }
+        self.validate_strategy()
+    }
+
+    /// What both modes check: steps, analysis, limits, header and webhook.
+    fn validate_strategy(&self) -> Result<(), (String, String)> {
         if self.max_weight == 0 {
             return Err(("maxWeight".into(), "must be above 0".into()));
         }
