@@ -79,6 +79,17 @@ pub struct RouteRef {
     pub port: Option<u16>,
 }
 
+/// A promotion in progress: its stage and since when (unix ms), and the new stable pods'
+/// `pod-template-hash` once the Deployment has rolled.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Promotion {
+    pub stage: super::plan::Stage,
+    pub since: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_revision: Option<String>,
+}
+
 /// What the controller records: the rollout's status record (the same as a local state
 /// file's), the revisions it concerns, and the usual Kubernetes conditions.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -93,6 +104,13 @@ pub struct RolloutResourceStatus {
     /// `pod-template-hash` of the stable pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_revision: Option<String>,
+    /// tidegate's identity of the stable pod template: a Deployment template that differs
+    /// is a canary to roll out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_template: Option<String>,
+    /// Where a promotion stands once the steps are done (see `plan::Stage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
     /// Step, weights, timers, analysis tallies, draining versions, history.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,

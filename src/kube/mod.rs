@@ -2,5 +2,6 @@
 
 pub mod annotations;
 pub mod crd;
+pub mod plan;
 
 pub use crd::{Rollout, RolloutResourceSpec, RolloutResourceStatus};

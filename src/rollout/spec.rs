@@ -49,6 +49,11 @@ pub struct RolloutSpec {
     #[serde(default, with = "serde_duration")]
     #[schemars(with = "String")]
     pub scale_down_delay: Duration,
+    /// Kubernetes: after an abort, how long the canary's pods stay up (for inspection, or a
+    /// quick retry) before `<name>-canary` is scaled to zero.
+    #[serde(default = "default_drain", with = "serde_duration")]
+    #[schemars(with = "String")]
+    pub abort_scale_down_delay: Duration,
     /// A step (other than a pause waiting for a human) taking longer than this aborts the rollout.
     #[serde(default = "default_deadline", with = "serde_duration")]
     #[schemars(with = "String")]
