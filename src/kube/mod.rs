@@ -2,6 +2,7 @@
 
 pub mod annotations;
 pub mod crd;
+pub mod leader;
 pub mod plan;
 
 pub use crd::{Rollout, RolloutResourceSpec, RolloutResourceStatus};

@@ -27,16 +27,50 @@ pub async fn client() -> Client {
 
 /// Installs (or updates) the Rollout CRD from the Rust types and waits until it is served.
 pub async fn install_crd(client: &Client) {
+    apply_crd(client, Rollout::crd()).await;
+}
+
+/// A namespace name of its own for one test run.
+pub fn namespace(test: &str) -> String {
+    format!("{test}-{:08x}", fastrand::u32(..))
+}
+
+/// Serves `coordination.k8s.io/v1` Leases as a CRD (the test server has no built-in kinds),
+/// so `Api<Lease>` works unchanged.
+pub async fn install_lease_crd(client: &Client) {
+    let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": "leases.coordination.k8s.io",
+            "annotations": {"api-approved.kubernetes.io": "unapproved, test only"}
+        },
+        "spec": {
+            "group": "coordination.k8s.io",
+            "names": {"kind": "Lease", "plural": "leases", "singular": "lease", "listKind": "LeaseList"},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+            }]
+        }
+    }))
+    .expect("Lease CRD");
+    apply_crd(client, crd).await;
+}
+
+async fn apply_crd(client: &Client, crd: CustomResourceDefinition) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd.metadata.name.clone().expect("a name");
     crds.patch(
-        "rollouts.tidegate.dev",
+        &name,
         &PatchParams::apply("tidegate-tests").force(),
-        &Patch::Apply(Rollout::crd()),
+        &Patch::Apply(crd),
     )
     .await
-    .expect("the CRD installs");
+    .unwrap_or_else(|e| panic!("CRD {name} installs: {e}"));
     for _ in 0..100 {
-        let crd = crds.get("rollouts.tidegate.dev").await.expect("get CRD");
+        let crd = crds.get(&name).await.expect("get CRD");
         let established = crd
             .status
             .and_then(|s| s.conditions)
@@ -48,10 +82,5 @@ pub async fn install_crd(client: &Client) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the Rollout CRD was not established");
-}
-
-/// A namespace name of its own for one test run.
-pub fn namespace(test: &str) -> String {
-    format!("{test}-{:08x}", fastrand::u32(..))
+    panic!("CRD {name} was not established");
 }
