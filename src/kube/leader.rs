@@ -75,6 +75,11 @@ impl Leadership {
         }
     }
 
+    /// A view of the election's outcome for others: true while this process leads.
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.leader.clone()
+    }
+
     /// Leads now: may write.
     pub fn is_leader(&self) -> bool {
         *self.leader.borrow()

@@ -2,6 +2,8 @@
 //! (`TIDEGATE_TEST_KUBECONFIG`), with the Rollout CRD installed, and a namespace per test.
 #![allow(dead_code)]
 
+pub mod sim;
+
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -83,4 +85,27 @@ async fn apply_crd(client: &Client, crd: CustomResourceDefinition) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("CRD {name} was not established");
+}
+
+/// Serves `events.k8s.io/v1` Events as a CRD, so the controller's event recorder works.
+pub async fn install_event_crd(client: &Client) {
+    let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": "events.events.k8s.io",
+            "annotations": {"api-approved.kubernetes.io": "unapproved, test only"}
+        },
+        "spec": {
+            "group": "events.k8s.io",
+            "names": {"kind": "Event", "plural": "events", "singular": "event", "listKind": "EventList"},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+            }]
+        }
+    }))
+    .expect("Event CRD");
+    apply_crd(client, crd).await;
 }

@@ -1,0 +1,270 @@
+//! `tidegate controller`: reconciles every Rollout through the pure planner. Each look
+//! records the planned status (server-side apply, one field manager) before it acts, so a
+//! new leader resumes exactly where the last one stopped. Only the leader works: losing the
+//! lease drops every reconcile in flight at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+
+use super::crd::{Rollout, RolloutResourceStatus};
+use super::leader::Leadership;
+use super::plan::{self, Action, FleetView, Observed};
+use super::workloads::{FIELD_MANAGER, Workloads};
+use crate::analysis::{self, MeasureContext, Reading, Vars, judge};
+use crate::rollout::{MeasureRequest, MeasurementResult};
+
+/// Why a look at a rollout failed; it is tried again.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    #[error("not the leader")]
+    NotLeader,
+}
+
+/// What the proxies report of a rollout (their applied weights, requests in flight,
+/// endpoints), summed over the fleet.
+pub trait Fleet: Send + Sync + 'static {
+    fn observe(&self, rollout: &Rollout) -> FleetView;
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub workloads: Arc<dyn Workloads>,
+    pub fleet: Arc<dyn Fleet>,
+    pub recorder: Recorder,
+    /// True while this process leads.
+    pub leading: tokio::sync::watch::Receiver<bool>,
+    /// Measurements back from their providers, by rollout uid, for the next look.
+    measured: Mutex<HashMap<String, Vec<MeasurementResult>>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        workloads: Arc<dyn Workloads>,
+        fleet: Arc<dyn Fleet>,
+        identity: &str,
+        leading: tokio::sync::watch::Receiver<bool>,
+    ) -> Arc<Context> {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity.into()),
+        };
+        Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            workloads,
+            fleet,
+            leading,
+            measured: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn leads(&self) -> Result<(), ReconcileError> {
+        if *self.leading.borrow() {
+            Ok(())
+        } else {
+            Err(ReconcileError::NotLeader)
+        }
+    }
+
+    fn take_measured(&self, uid: &str) -> Vec<MeasurementResult> {
+        let mut m = self.measured.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(uid).unwrap_or_default()
+    }
+}
+
+/// Runs the controller while this process leads the election; stops all work when it loses
+/// the lease and starts again if it wins it back. Returns never.
+pub async fn run(ctx: Arc<Context>, mut leadership: Leadership, rollouts: Api<Rollout>) {
+    loop {
+        leadership.became_leader().await;
+        tracing::info!("leading: reconciling rollouts");
+        let controller = Controller::new(rollouts.clone(), watcher::Config::default())
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "reconcile failed");
+                }
+            });
+        tokio::select! {
+            _ = controller => {}
+            _ = leadership.deposed() => tracing::warn!("lost the lease: stopped at once"),
+        }
+    }
+}
+
+fn error_policy(_: Arc<Rollout>, e: &ReconcileError, _: Arc<Context>) -> Requeue {
+    match e {
+        ReconcileError::NotLeader => Requeue::requeue(Duration::from_secs(2)),
+        ReconcileError::Api(_) => Requeue::requeue(Duration::from_secs(5)),
+    }
+}
+
+/// One look at one rollout.
+pub async fn reconcile(
+    rollout: Arc<Rollout>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ReconcileError> {
+    ctx.leads()?;
+    let now = crate::clock::unix_now_ms();
+    let api: Api<Rollout> =
+        Api::namespaced(ctx.client.clone(), &rollout.namespace().unwrap_or_default());
+    let name = rollout.name_any();
+    let status = rollout.status.clone().unwrap_or_default();
+    if let Err((field, why)) = rollout.spec.strategy.validate_for_cluster() {
+        let message = format!("spec.{field}: {why}");
+        let mut st = status.clone();
+        plan::set_condition(
+            &mut st.conditions,
+            "InvalidSpec",
+            true,
+            "InvalidSpec",
+            &message,
+            now,
+        );
+        write_status(&ctx, &api, &rollout, st).await?;
+        publish(&ctx, &rollout, true, "InvalidSpec", message).await;
+        return Ok(Requeue::await_change());
+    }
+    let Some(workload) = ctx.workloads.observe(&rollout).await? else {
+        let message = format!("no Deployment named `{}`", rollout.spec.workload_ref.name);
+        let mut st = status.clone();
+        plan::set_condition(
+            &mut st.conditions,
+            "Progressing",
+            false,
+            "DeploymentMissing",
+            &message,
+            now,
+        );
+        write_status(&ctx, &api, &rollout, st).await?;
+        return Ok(Requeue::requeue(Duration::from_secs(30)));
+    };
+    let fleet = ctx.fleet.observe(&rollout);
+    let uid = rollout.uid().unwrap_or_default();
+    let plan = plan::plan(&Observed {
+        now,
+        name: &name,
+        spec: &rollout.spec,
+        status: &status,
+        deployment: &workload.deployment,
+        canary: workload.canary.as_ref(),
+        stable_service: workload.stable_service.as_deref(),
+        fleet: &fleet,
+        measurements: ctx.take_measured(&uid),
+    });
+    let mut st = plan.status;
+    plan::set_condition(&mut st.conditions, "InvalidSpec", false, "Valid", "", now);
+    st.observed_generation = rollout.metadata.generation;
+    // Recorded before anything is done: a new leader starts from here.
+    write_status(&ctx, &api, &rollout, st).await?;
+    for action in plan.actions {
+        ctx.leads()?;
+        match action {
+            Action::PauseDeployment(p) => ctx.workloads.set_paused(&rollout, p).await?,
+            Action::ApplyCanary { replicas } => {
+                ctx.workloads.apply_canary(&rollout, replicas).await?
+            }
+            Action::DeleteCanary => ctx.workloads.delete_canary(&rollout).await?,
+            Action::ApplyServices { stable_hash } => {
+                ctx.workloads.apply_services(&rollout, &stable_hash).await?
+            }
+            Action::Measure(ask) => measure(&ctx, &rollout, uid.clone(), ask),
+            Action::Event {
+                warning,
+                reason,
+                message,
+            } => publish(&ctx, &rollout, warning, &reason, message).await,
+        }
+    }
+    Ok(Requeue::requeue(
+        plan.requeue_after
+            .unwrap_or(Duration::from_secs(10))
+            .clamp(Duration::from_millis(200), Duration::from_secs(10)),
+    ))
+}
+
+/// The status, by server-side apply on the status subresource under tidegate's manager.
+async fn write_status(
+    ctx: &Context,
+    api: &Api<Rollout>,
+    rollout: &Rollout,
+    status: RolloutResourceStatus,
+) -> Result<(), ReconcileError> {
+    ctx.leads()?;
+    let patch = serde_json::json!({
+        "apiVersion": "tidegate.dev/v1alpha1",
+        "kind": "Rollout",
+        "status": status,
+    });
+    api.patch_status(
+        &rollout.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, rollout: &Rollout, warning: bool, reason: &str, message: String) {
+    let event = KubeEvent {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.chars().filter(char::is_ascii_alphanumeric).collect(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Rollout".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &rollout.object_ref(&())).await {
+        tracing::warn!(rollout = %rollout.name_any(), error = %e, "event not recorded");
+    }
+}
+
+/// Takes one measurement in the background; its result waits for the next look.
+fn measure(ctx: &Arc<Context>, rollout: &Rollout, uid: String, ask: MeasureRequest) {
+    let vars = Vars {
+        route: rollout.name_any(),
+        canary: plan::CANARY.into(),
+        stable: plan::STABLE.into(),
+        namespace: rollout.namespace().unwrap_or_default(),
+    };
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let context = MeasureContext {
+            vars,
+            canary: None,
+            stable: None,
+            canary_endpoints: Vec::new(),
+            since_ms: 0,
+            unix_offset_ms: crate::clock::unix_offset_ms(),
+        };
+        let limit = analysis::measure_timeout(&ask.metric) + Duration::from_secs(1);
+        let (reading, requests) =
+            match tokio::time::timeout(limit, analysis::measure(&ask.metric, &context)).await {
+                Ok(r) => r,
+                Err(_) => (Reading::Error(format!("no answer within {limit:?}")), None),
+            };
+        let result = MeasurementResult {
+            run_id: ask.run_id,
+            metric: ask.index,
+            measurement: judge(&ask.metric, reading, crate::clock::unix_now_ms())
+                .based_on(requests),
+        };
+        let mut m = ctx.measured.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(uid).or_default().push(result);
+    });
+}

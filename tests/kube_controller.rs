@@ -1,0 +1,211 @@
+//! The controller on a real API server (k8s-testenv: Rollouts, Leases and Events are real;
+//! the server has no `apps` or core group, so the Deployment, `<name>-canary` and the
+//! Services are a simulated cluster behind the `Workloads` trait, and the proxies a fleet
+//! that follows the status at once). It adopts and pauses the Deployment, drives a rollout
+//! through its steps with every status recorded, and a new controller taking over after the
+//! first died resumes mid-step with the pause's timer intact; of two controllers only the
+//! leader touches anything.
+
+mod kube_support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::events::v1::Event;
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube_support::sim::{FollowingFleet, SimCluster, SimWorkloads};
+use tidegate::kube::Rollout;
+use tidegate::kube::controller::{self, Context};
+use tidegate::kube::leader::{Leadership, LeaseTiming};
+use tidegate::rollout::{EventKind, Phase};
+use tokio::task::JoinHandle;
+
+const LEASE: Duration = Duration::from_secs(3);
+
+/// A controller process: its lease, its reconciles, and what it did to the cluster.
+struct Controller {
+    task: JoinHandle<()>,
+    workloads: Arc<SimWorkloads>,
+}
+
+async fn start(client: &Client, ns: &str, identity: &str, cluster: &Arc<SimCluster>) -> Controller {
+    let leadership = Leadership::contend(
+        client.clone(),
+        ns,
+        "tidegate-controller",
+        identity,
+        LeaseTiming::new(LEASE),
+    );
+    let workloads = SimWorkloads::new(cluster);
+    let ctx = Context::new(
+        client.clone(),
+        workloads.clone(),
+        Arc::new(FollowingFleet),
+        identity,
+        leadership.watch(),
+    );
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), ns);
+    let task = tokio::spawn(controller::run(ctx, leadership, rollouts));
+    Controller { task, workloads }
+}
+
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "{what} did not happen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn setup(name: &str) -> (Client, String, Api<Rollout>) {
+    let client = kube_support::client().await;
+    kube_support::install_crd(&client).await;
+    kube_support::install_lease_crd(&client).await;
+    kube_support::install_event_crd(&client).await;
+    let ns = kube_support::namespace(name);
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns);
+    let rollout: Rollout = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tidegate.dev/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": "shop"},
+        "spec": {
+            "workloadRef": {"name": "shop"},
+            "steps": [{"setWeight": 20}, {"pause": {"duration": "5s"}}, {"setWeight": 50}, {"pause": {}}],
+        },
+    }))
+    .expect("rollout");
+    rollouts
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("create the Rollout");
+    (client, ns, rollouts)
+}
+
+/// Makes the controller look now (it watches Rollouts; the simulated Deployment is not watched).
+async fn nudge(rollouts: &Api<Rollout>, n: u32) {
+    let patch = serde_json::json!({"metadata": {"annotations": {"test/nudge": n.to_string()}}});
+    rollouts
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("nudge");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_drives_a_rollout_and_a_successor_resumes_mid_step() {
+    let (client, ns, rollouts) = setup("drive").await;
+    let cluster = SimCluster::new("t1", 10);
+    let first = start(&client, &ns, "a", &cluster).await;
+
+    // Adoption: the Deployment is paused, its template recorded as stable.
+    eventually("adoption", async || {
+        let r = rollouts.get("shop").await.ok()?;
+        let st = r.status?;
+        (cluster.get().deployment.paused && st.stable_template.as_deref() == Some("t1"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(cluster.get().stable_service.as_deref(), Some("h-t1"));
+
+    // A new template: the canary starts at 20 % with 2 of 10 pods.
+    cluster.new_template("t2");
+    nudge(&rollouts, 1).await;
+    let at_20 = eventually("the first step", async || {
+        let r = rollouts.get("shop").await.ok()?.status?.rollout?;
+        (r.canary_weight == 2000 && r.step == 1).then_some(r)
+    })
+    .await;
+    assert_eq!(cluster.get().canary.map(|c| c.replicas), Some(2));
+    assert!(
+        cluster.get().deployment.paused,
+        "the Deployment does not roll"
+    );
+
+    // The controller dies in the pause; another takes over once the lease runs out.
+    first.task.abort();
+    let second = start(&client, &ns, "b", &cluster).await;
+    let at_50 = eventually("the pause to end and the next step", async || {
+        let r = rollouts.get("shop").await.ok()?.status?.rollout?;
+        (r.canary_weight == 5000).then_some(r)
+    })
+    .await;
+    let pause_over = at_50
+        .history
+        .iter()
+        .find(|e| e.kind == EventKind::StepCompleted && e.message.contains("pause of 5s over"))
+        .expect("the pause ended")
+        .at;
+    assert!(
+        pause_over >= at_20.step_started_at + 5000,
+        "the pause was timed from its start, recorded before the restart"
+    );
+    assert!(
+        at_50
+            .history
+            .iter()
+            .filter(|e| e.kind == EventKind::Started)
+            .count()
+            == 1,
+        "the rollout was not restarted: {:#?}",
+        at_50.history
+    );
+    assert_eq!(
+        at_50.phase,
+        Phase::Paused,
+        "waiting at `pause: {{}}` for promote"
+    );
+    assert_eq!(cluster.get().canary.map(|c| c.replicas), Some(5));
+    assert!(second.workloads.calls.load(Ordering::SeqCst) > 0);
+
+    // Every transition is a Kubernetes Event on the Rollout.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for reason in ["Adopted", "Started", "StepCompleted", "Paused"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "{reason} in {reasons:?}"
+        );
+    }
+    second.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_controllers_only_the_leader_touches_anything() {
+    let (client, ns, rollouts) = setup("two").await;
+    let cluster = SimCluster::new("t1", 4);
+    let a = start(&client, &ns, "a", &cluster).await;
+    let b = start(&client, &ns, "b", &cluster).await;
+    eventually("adoption", async || {
+        cluster.get().deployment.paused.then_some(())
+    })
+    .await;
+    cluster.new_template("t2");
+    for n in 0..10 {
+        nudge(&rollouts, n).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (ca, cb) = (
+        a.workloads.calls.load(Ordering::SeqCst),
+        b.workloads.calls.load(Ordering::SeqCst),
+    );
+    assert!(
+        (ca > 0) != (cb > 0),
+        "exactly one controller acted: a {ca} calls, b {cb} calls"
+    );
+    a.task.abort();
+    b.task.abort();
+}
