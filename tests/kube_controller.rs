@@ -209,3 +209,63 @@ async fn of_two_controllers_only_the_leader_touches_anything() {
     a.task.abort();
     b.task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_through_the_controller_ends_with_the_deployment_paused_on_the_new_template() {
+    let client = kube_support::client().await;
+    kube_support::install_crd(&client).await;
+    kube_support::install_lease_crd(&client).await;
+    kube_support::install_event_crd(&client).await;
+    let ns = kube_support::namespace("promote");
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns);
+    let rollout: Rollout = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tidegate.dev/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": "shop"},
+        "spec": {"workloadRef": {"name": "shop"}, "steps": [{"setWeight": 50}, {"pause": {"duration": "1s"}}]},
+    }))
+    .expect("rollout");
+    rollouts
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("create");
+    let cluster = SimCluster::new("t1", 4);
+    let c = start(&client, &ns, "a", &cluster).await;
+    eventually("adoption", async || {
+        cluster.get().deployment.paused.then_some(())
+    })
+    .await;
+    cluster.new_template("t2");
+    nudge(&rollouts, 1).await;
+    let done = eventually("the promotion's end", async || {
+        let st = rollouts.get("shop").await.ok()?.status?;
+        let r = st.rollout.clone()?;
+        (st.promotion.is_none()
+            && st.stable_template.as_deref() == Some("t2")
+            && r.phase == Phase::Healthy)
+            .then_some(st)
+    })
+    .await;
+    let w = cluster.get();
+    assert!(w.canary.is_none(), "the canary Deployment is gone");
+    assert!(w.deployment.paused, "paused again");
+    assert_eq!(
+        w.deployment.template_hash.as_deref(),
+        Some("h-t2"),
+        "rolled onto the new template"
+    );
+    assert_eq!(w.stable_service.as_deref(), Some("h-t2"));
+    assert_eq!(done.stable_revision.as_deref(), Some("h-t2"));
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let promoting = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Promoting"))
+        .map(|e| e.series.map_or(1, |s| s.count))
+        .sum::<i32>();
+    assert!(promoting >= 5, "a Promoting event per stage (repeats kept as a series): {promoting}");
+    c.task.abort();
+}

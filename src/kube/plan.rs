@@ -311,8 +311,19 @@ impl Planner<'_, '_> {
             new_revision,
         };
         self.event(false, "Promoting", message.to_string());
+        let now = self.o.now;
         if let Some(r) = &mut self.st.rollout {
             r.message = message.to_string();
+            let event = Event {
+                at: now,
+                kind: EventKind::Promoting,
+                message: message.to_string(),
+                step: r.step,
+                canary_weight: r.canary_weight,
+            };
+            r.history.push(event);
+            let extra = r.history.len().saturating_sub(crate::rollout::status::HISTORY_LEN);
+            r.history.drain(..extra);
         }
         self.st.promotion = Some(promotion.clone());
         // Go on at once: the next stage may already be satisfied.

@@ -102,6 +102,8 @@ pub enum EventKind {
     Completed,
     Cancelled,
     Removed,
+    /// Kubernetes: a promotion stage began (`kube::plan::Stage`).
+    Promoting,
 }
 
 impl EventKind {
