@@ -266,6 +266,9 @@ async fn a_promotion_through_the_controller_ends_with_the_deployment_paused_on_t
         .filter(|e| e.reason.as_deref() == Some("Promoting"))
         .map(|e| e.series.map_or(1, |s| s.count))
         .sum::<i32>();
-    assert!(promoting >= 5, "a Promoting event per stage (repeats kept as a series): {promoting}");
+    assert!(
+        promoting >= 5,
+        "a Promoting event per stage (repeats kept as a series): {promoting}"
+    );
     c.task.abort();
 }

@@ -322,7 +322,10 @@ impl Planner<'_, '_> {
                 canary_weight: r.canary_weight,
             };
             r.history.push(event);
-            let extra = r.history.len().saturating_sub(crate::rollout::status::HISTORY_LEN);
+            let extra = r
+                .history
+                .len()
+                .saturating_sub(crate::rollout::status::HISTORY_LEN);
             r.history.drain(..extra);
         }
         self.st.promotion = Some(promotion.clone());

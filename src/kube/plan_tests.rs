@@ -252,7 +252,11 @@ fn a_promotion_goes_through_every_stage_and_leaves_the_deployment_paused_on_the_
     assert_eq!(r.stable, STABLE);
     assert_eq!(r.history.last().map(|e| e.kind), Some(EventKind::Completed));
     assert!(c.events().iter().filter(|e| *e == "Promoting").count() >= 5);
-    let stages_in_history = r.history.iter().filter(|e| e.kind == EventKind::Promoting).count();
+    let stages_in_history = r
+        .history
+        .iter()
+        .filter(|e| e.kind == EventKind::Promoting)
+        .count();
     assert_eq!(stages_in_history, 6, "every stage is in the status history");
     // The Deployment was unpaused exactly once, and only when all traffic was on the canary.
     let unpaused: Vec<usize> = c

@@ -1,0 +1,171 @@
+//! The exact requests tidegate makes of the Kubernetes API where their shape matters, against
+//! a scripted API server (tower-test): the pause touches only `spec.paused` by a merge patch;
+//! `<name>-canary` and the Services go by server-side apply under tidegate's field manager,
+//! owned by the Rollout; the status is applied on the status subresource.
+
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
+use kube::Client;
+use kube::client::Body;
+use tidegate::kube::Rollout;
+use tidegate::kube::workloads::{KubeWorkloads, Workloads};
+use tower_test::mock;
+
+fn rollout() -> Rollout {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "tidegate.dev/v1alpha1",
+        "kind": "Rollout",
+        "metadata": {"name": "shop", "namespace": "prod", "uid": "r-123"},
+        "spec": {"workloadRef": {"name": "shop"}, "route": {"port": 8080}},
+    }))
+    .expect("rollout")
+}
+
+fn deployment() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "shop", "namespace": "prod", "generation": 3},
+        "spec": {
+            "replicas": 4,
+            "selector": {"matchLabels": {"app": "shop"}},
+            "template": {
+                "metadata": {"labels": {"app": "shop"}},
+                "spec": {"containers": [{"name": "shop", "image": "shop:2", "ports": [{"containerPort": 8080}]}]}
+            }
+        }
+    })
+}
+
+/// One request as the API server got it.
+struct Seen {
+    method: Method,
+    path_and_query: String,
+    content_type: String,
+    body: serde_json::Value,
+}
+
+/// Answers each request with the next of `answers` and hands back what it got.
+async fn scripted(answers: Vec<serde_json::Value>) -> (Client, tokio::task::JoinHandle<Vec<Seen>>) {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for answer in answers {
+            let (request, reply) = handle.next_request().await.expect("a request");
+            let content_type = request
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap_or("").to_string())
+                .unwrap_or_default();
+            let method = request.method().clone();
+            let path_and_query = request
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            let bytes = request
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            let body = if bytes.is_empty() {
+                serde_json::Value::Null
+            } else if content_type.contains("yaml") {
+                serde_yaml::from_slice(&bytes).expect("yaml body")
+            } else {
+                serde_json::from_slice(&bytes).expect("json body")
+            };
+            seen.push(Seen {
+                method,
+                path_and_query,
+                content_type,
+                body,
+            });
+            let response = Response::builder()
+                .body(Body::from(serde_json::to_vec(&answer).expect("answer")))
+                .expect("response");
+            reply.send_response(response);
+        }
+        seen
+    });
+    (Client::new(service, "default"), server)
+}
+
+#[tokio::test]
+async fn the_pause_is_a_merge_patch_of_spec_paused_alone() {
+    let (client, server) = scripted(vec![deployment()]).await;
+    KubeWorkloads::new(client)
+        .set_paused(&rollout(), true)
+        .await
+        .expect("pause");
+    let seen = server.await.expect("server");
+    let s = &seen[0];
+    assert_eq!(s.method, Method::PATCH);
+    assert_eq!(
+        s.path_and_query,
+        "/apis/apps/v1/namespaces/prod/deployments/shop?"
+    );
+    assert_eq!(s.content_type, "application/merge-patch+json");
+    assert_eq!(s.body, serde_json::json!({"spec": {"paused": true}}));
+}
+
+#[tokio::test]
+async fn the_canary_and_services_are_applied_under_tidegates_field_manager_owned_by_the_rollout() {
+    let service =
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}});
+    let (client, server) = scripted(vec![
+        deployment(),
+        deployment(),
+        deployment(),
+        service.clone(),
+        service,
+    ])
+    .await;
+    let w = KubeWorkloads::new(client);
+    w.apply_canary(&rollout(), 2).await.expect("canary");
+    w.apply_services(&rollout(), "5c4b3a2f1")
+        .await
+        .expect("services");
+    let seen = server.await.expect("server");
+    let canary = &seen[1];
+    assert_eq!(canary.method, Method::PATCH);
+    assert_eq!(
+        canary.path_and_query,
+        "/apis/apps/v1/namespaces/prod/deployments/shop-canary?&force=true&fieldManager=tidegate-controller"
+    );
+    assert_eq!(canary.content_type, "application/apply-patch+yaml");
+    let b = &canary.body;
+    assert_eq!(b["spec"]["replicas"], 2);
+    assert_eq!(
+        b["spec"]["selector"]["matchLabels"]["tidegate.dev/track"],
+        "canary"
+    );
+    assert_eq!(b["spec"]["selector"]["matchLabels"]["app"], "shop");
+    assert_eq!(
+        b["spec"]["template"]["metadata"]["labels"]["tidegate.dev/track"],
+        "canary"
+    );
+    assert_eq!(
+        b["spec"]["template"]["spec"]["containers"][0]["image"],
+        "shop:2"
+    );
+    assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "Rollout");
+    assert_eq!(b["metadata"]["ownerReferences"][0]["uid"], "r-123");
+    assert_eq!(b["metadata"]["ownerReferences"][0]["controller"], true);
+    let stable = &seen[3];
+    assert_eq!(
+        stable.path_and_query,
+        "/api/v1/namespaces/prod/services/shop-stable?&force=true&fieldManager=tidegate-controller"
+    );
+    assert_eq!(
+        stable.body["spec"]["selector"]["pod-template-hash"],
+        "5c4b3a2f1"
+    );
+    assert_eq!(stable.body["spec"]["ports"][0]["port"], 8080);
+    let canary_service = &seen[4];
+    assert_eq!(
+        canary_service.body["spec"]["selector"]["tidegate.dev/track"],
+        "canary"
+    );
+}
