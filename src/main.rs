@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use tidegate::cli::{self, AdminClient, CliError, exit};
 use tidegate::config::{Config, LogFormat};
+use tidegate::rollout::RolloutStatus;
 use tidegate::runtime::{ProxyProcess, Signals};
 
 #[derive(Parser)]
@@ -99,6 +100,66 @@ struct AdminArgs {
     /// File with the admin bearer token (else `TIDEGATE_ADMIN_TOKEN`).
     #[arg(long, env = "TIDEGATE_ADMIN_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Ask the cluster's controller (kubeconfig, or the pod's service account) instead of a
+    /// local tidegate: the command is recorded on the Rollout for whichever controller leads.
+    #[arg(long)]
+    kube: bool,
+    /// The Rollout's namespace, with `--kube`.
+    #[arg(
+        long,
+        short = 'n',
+        env = "TIDEGATE_NAMESPACE",
+        default_value = "default"
+    )]
+    namespace: String,
+}
+
+/// Where rollouts are read and commanded: a local tidegate's admin API, or the cluster.
+enum Rollouts {
+    Admin(AdminClient),
+    Kube(kube::Client, String),
+}
+
+impl Rollouts {
+    async fn connect(args: &AdminArgs) -> Result<Rollouts, CliError> {
+        if args.kube {
+            let client = tidegate::kube::commands::client().await?;
+            return Ok(Rollouts::Kube(client, args.namespace.clone()));
+        }
+        Ok(Rollouts::Admin(AdminClient::new(
+            &args.admin,
+            args.token_file.as_ref(),
+        )?))
+    }
+
+    async fn command(
+        &self,
+        rollout: &str,
+        verb: &str,
+        full: bool,
+    ) -> Result<RolloutStatus, CliError> {
+        match self {
+            Rollouts::Admin(a) => a.command(rollout, verb, full).await,
+            Rollouts::Kube(c, ns) => {
+                let within = tidegate::kube::commands::ANSWER_WITHIN;
+                tidegate::kube::commands::ask(c.clone(), ns, rollout, verb, full, within).await
+            }
+        }
+    }
+
+    async fn status(&self, rollout: &str) -> Result<RolloutStatus, CliError> {
+        match self {
+            Rollouts::Admin(a) => a.status(rollout).await,
+            Rollouts::Kube(c, ns) => tidegate::kube::commands::status(c.clone(), ns, rollout).await,
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<RolloutStatus>, CliError> {
+        match self {
+            Rollouts::Admin(a) => a.list().await,
+            Rollouts::Kube(c, ns) => tidegate::kube::commands::list(c.clone(), ns).await,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -213,8 +274,8 @@ fn rollout_command(
         return ExitCode::from(exit::UNREACHABLE);
     };
     let result = rt.block_on(async {
-        let client = AdminClient::new(&admin.admin, admin.token_file.as_ref())?;
-        client.command(rollout, verb, full).await
+        let rollouts = Rollouts::connect(admin).await?;
+        rollouts.command(rollout, verb, full).await
     });
     match result {
         Ok(status) => {
@@ -241,7 +302,7 @@ fn status_command(
         return ExitCode::from(exit::UNREACHABLE);
     };
     let result: Result<(), CliError> = rt.block_on(async {
-        let client = AdminClient::new(&admin.admin, admin.token_file.as_ref())?;
+        let client = Rollouts::connect(admin).await?;
         let mut last = String::new();
         loop {
             let fetched = match (rollout, output) {

@@ -272,3 +272,76 @@ async fn a_promotion_through_the_controller_ends_with_the_deployment_paused_on_t
     );
     c.task.abort();
 }
+
+/// Runs the `tidegate` binary against the test API server: exit code, stdout, stderr.
+fn tidegate(args: &[&str]) -> (i32, String, String) {
+    let kubeconfig = std::env::var("TIDEGATE_TEST_KUBECONFIG").expect("TIDEGATE_TEST_KUBECONFIG");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("run tidegate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_with_kube_are_answered_by_the_leading_controller() {
+    let (client, ns, rollouts) = setup("cli").await;
+    let cluster = SimCluster::new("t1", 10);
+    let c = start(&client, &ns, "a", &cluster).await;
+    eventually("adoption", async || {
+        cluster.get().deployment.paused.then_some(())
+    })
+    .await;
+    cluster.new_template("t2");
+    nudge(&rollouts, 1).await;
+    eventually("the first step", async || {
+        let r = rollouts.get("shop").await.ok()?.status?.rollout?;
+        (r.canary_weight == 2000).then_some(())
+    })
+    .await;
+
+    // The binary blocks: run it off the runtime the controller lives on.
+    let run = |list: &[&str]| {
+        let args: Vec<String> = list.iter().map(|a| a.to_string()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                tidegate(&args)
+            })
+            .await
+            .expect("join")
+        }
+    };
+    let (code, out, err) = run(&["pause", "--kube", "-n", &ns, "shop"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Paused") && out.contains("paused by hand"),
+        "{out}"
+    );
+
+    let (code, _, err) = run(&["pause", "--kube", "-n", &ns, "shop"]).await;
+    assert_eq!(code, 1, "refused: {err}");
+    assert!(
+        err.contains("cannot pause") && err.contains("already paused"),
+        "{err}"
+    );
+
+    let (code, out, err) = run(&["status", "--kube", "-n", &ns, "-o", "json", "shop"]).await;
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(status["phase"], "Paused");
+    assert_eq!(status["canaryWeight"], 20.0);
+
+    let (code, _, err) = run(&["resume", "--kube", "-n", "nowhere", "shop"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no Rollout `shop` in namespace `nowhere`"),
+        "{err}"
+    );
+    c.task.abort();
+}

@@ -14,7 +14,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
-use super::crd::{Rollout, RolloutResourceStatus};
+use super::crd::{COMMAND_ANNOTATION, CommandRequest, Rollout, RolloutResourceStatus};
 use super::leader::Leadership;
 use super::plan::{self, Action, FleetView, Observed};
 use super::workloads::{FIELD_MANAGER, Workloads};
@@ -153,6 +153,10 @@ pub async fn reconcile(
     };
     let fleet = ctx.fleet.observe(&rollout);
     let uid = rollout.uid().unwrap_or_default();
+    let asked: Option<CommandRequest> = rollout
+        .annotations()
+        .get(COMMAND_ANNOTATION)
+        .and_then(|a| serde_json::from_str(a).ok());
     let plan = plan::plan(&Observed {
         now,
         name: &name,
@@ -163,6 +167,7 @@ pub async fn reconcile(
         stable_service: workload.stable_service.as_deref(),
         fleet: &fleet,
         measurements: ctx.take_measured(&uid),
+        command: asked.as_ref(),
     });
     let mut st = plan.status;
     plan::set_condition(&mut st.conditions, "InvalidSpec", false, "Valid", "", now);

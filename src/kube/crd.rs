@@ -90,6 +90,32 @@ pub struct Promotion {
     pub new_revision: Option<String>,
 }
 
+/// The annotation a command is asked for by (`tidegate promote --kube` and the others): a
+/// JSON `CommandRequest`. Whichever controller leads handles it once.
+pub const COMMAND_ANNOTATION: &str = "tidegate.dev/command";
+
+/// A command asked of the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandRequest {
+    /// Unique per request: a command is handled once.
+    pub id: String,
+    /// `promote`, `abort`, `pause`, `resume`, `retry` or `restart`.
+    pub command: String,
+    #[serde(default)]
+    pub full: bool,
+}
+
+/// What came of a command.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandOutcome {
+    pub id: String,
+    pub command: String,
+    pub applied: bool,
+    pub message: String,
+}
+
 /// What the controller records: the rollout's status record (the same as a local state
 /// file's), the revisions it concerns, and the usual Kubernetes conditions.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -111,6 +137,9 @@ pub struct RolloutResourceStatus {
     /// Where a promotion stands once the steps are done (see `plan::Stage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promotion: Option<Promotion>,
+    /// The last command handled (`tidegate.dev/command`), and what came of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_command: Option<CommandOutcome>,
     /// Step, weights, timers, analysis tallies, draining versions, history.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,

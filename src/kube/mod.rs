@@ -1,6 +1,7 @@
 //! Kubernetes mode: the `Rollout` resource and how users describe rollouts on a cluster.
 
 pub mod annotations;
+pub mod commands;
 pub mod controller;
 pub mod crd;
 pub mod leader;

@@ -23,11 +23,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::crd::{Promotion, RolloutResourceSpec, RolloutResourceStatus};
+use super::crd::{
+    CommandOutcome, CommandRequest, Promotion, RolloutResourceSpec, RolloutResourceStatus,
+};
 use crate::rollout::status::Event;
 use crate::rollout::{
-    Decision, Effect, EventKind, MeasureRequest, MeasurementResult, Observations, Phase,
-    RolloutStatus, decide,
+    Command, Decision, Effect, EventKind, MeasureRequest, MeasurementResult, Observations, Phase,
+    RolloutStatus, command, decide,
 };
 use crate::units::{FULL_WEIGHT, WeightBps};
 
@@ -98,6 +100,8 @@ pub struct Observed<'a> {
     pub stable_service: Option<&'a str>,
     pub fleet: &'a FleetView,
     pub measurements: Vec<MeasurementResult>,
+    /// A command asked for (`tidegate.dev/command`); handled once, by its id.
+    pub command: Option<&'a CommandRequest>,
 }
 
 /// What to do to the cluster, after the status is recorded.
@@ -141,7 +145,19 @@ pub fn plan(o: &Observed) -> Plan {
     };
     p.adopt();
     match p.st.promotion.clone() {
-        Some(promotion) => p.promote(promotion),
+        Some(promotion) => {
+            if let Some(asked) = o
+                .command
+                .filter(|c| p.st.last_command.as_ref().is_none_or(|l| l.id != c.id))
+            {
+                let why = format!(
+                    "the promotion is under way ({:?}); it finishes on its own",
+                    promotion.stage
+                );
+                p.answer(asked, false, why);
+            }
+            p.promote(promotion)
+        }
         None => p.steps(),
     }
     p.services();
@@ -220,7 +236,24 @@ impl Planner<'_, '_> {
             measurements: o.measurements.clone(),
             active: o.fleet.active.clone(),
         };
-        let d = decide(&spec, &record, &obs);
+        let asked = o
+            .command
+            .filter(|c| self.st.last_command.as_ref().is_none_or(|l| l.id != c.id));
+        let d = match asked {
+            None => decide(&spec, &record, &obs),
+            Some(asked) => match parse_command(asked)
+                .and_then(|cmd| command(&spec, &record, cmd, &obs).map_err(|e| e.to_string()))
+            {
+                Ok(d) => {
+                    self.answer(asked, true, "applied".into());
+                    d
+                }
+                Err(why) => {
+                    self.answer(asked, false, why);
+                    decide(&spec, &record, &obs)
+                }
+            },
+        };
         if d.status.stable == CANARY {
             // The steps are done: hold the weight and promote, stage by stage.
             for e in d
@@ -265,6 +298,23 @@ impl Planner<'_, '_> {
                 }
             }
         }
+    }
+
+    /// Records what came of a command, for the one who asked.
+    fn answer(&mut self, asked: &CommandRequest, applied: bool, message: String) {
+        if !applied {
+            self.event(
+                true,
+                "CommandRefused",
+                format!("{}: {message}", asked.command),
+            );
+        }
+        self.st.last_command = Some(CommandOutcome {
+            id: asked.id.clone(),
+            command: asked.command.clone(),
+            applied,
+            message,
+        });
     }
 
     /// Takes an engine decision: its status, its measurements and its events.
@@ -478,6 +528,18 @@ impl Planner<'_, '_> {
             );
         }
     }
+}
+
+fn parse_command(asked: &CommandRequest) -> Result<Command, String> {
+    Ok(match asked.command.as_str() {
+        "promote" => Command::Promote { full: asked.full },
+        "abort" => Command::Abort,
+        "pause" => Command::Pause,
+        "resume" => Command::Resume,
+        "retry" => Command::Retry,
+        "restart" => Command::Restart,
+        other => return Err(format!("`{other}` is not a command")),
+    })
 }
 
 /// The canary's share of the Deployment's pods, at least one.

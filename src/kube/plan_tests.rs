@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::kube::crd::RolloutResourceSpec;
+use crate::kube::crd::{CommandRequest, RolloutResourceSpec};
 
 const SEC: u64 = 1000;
 
@@ -39,6 +39,8 @@ struct Cluster {
     log: Vec<Action>,
     /// Read the status back from JSON before each look, as a restarted controller would.
     restart_every_look: bool,
+    /// The command annotation, if any.
+    command: Option<CommandRequest>,
 }
 
 impl Cluster {
@@ -67,6 +69,7 @@ impl Cluster {
             },
             log: Vec::new(),
             restart_every_look: false,
+            command: None,
         }
     }
 
@@ -86,6 +89,7 @@ impl Cluster {
             stable_service: self.stable_service.as_deref(),
             fleet: &self.fleet,
             measurements: Vec::new(),
+            command: self.command.as_ref(),
         });
         self.status = plan.status.clone();
         for a in &plan.actions {
@@ -437,4 +441,66 @@ fn reverting_the_template_cancels_the_rollout_and_removes_the_canary() {
     c.look();
     assert_eq!(c.record().phase, Phase::Healthy);
     assert!(c.canary.is_none());
+}
+
+#[test]
+fn commands_are_handled_once_and_refused_with_a_reason() {
+    let mut c = Cluster::new();
+    c.look();
+    c.new_template("t2");
+    c.settle(SEC);
+    c.look();
+    let ask = |id: &str, command: &str| CommandRequest {
+        id: id.into(),
+        command: command.into(),
+        full: false,
+    };
+    c.command = Some(ask("1", "pause"));
+    c.look();
+    assert_eq!(c.record().phase, Phase::Paused);
+    let last = c.status.last_command.clone().expect("answered");
+    assert_eq!((last.id.as_str(), last.applied), ("1", true));
+    // The same request again (the annotation stays): not handled twice.
+    c.settle(SEC);
+    c.look();
+    assert_eq!(
+        c.status.last_command.as_ref().map(|l| l.id.as_str()),
+        Some("1")
+    );
+    // Pausing a paused rollout is refused, with the engine's reason, and changes nothing.
+    c.command = Some(ask("2", "pause"));
+    c.look();
+    let last = c.status.last_command.clone().expect("answered");
+    assert!(
+        !last.applied && last.message.contains("already paused"),
+        "{last:?}"
+    );
+    assert_eq!(c.record().phase, Phase::Paused);
+    c.command = Some(ask("3", "resume"));
+    c.look();
+    assert_eq!(c.record().phase, Phase::Progressing);
+    c.command = Some(ask("4", "fly"));
+    c.look();
+    assert!(
+        c.status
+            .last_command
+            .as_ref()
+            .is_some_and(|l| l.message == "`fly` is not a command")
+    );
+    // promote --full: straight to the promotion.
+    c.command = Some(CommandRequest {
+        id: "5".into(),
+        command: "promote".into(),
+        full: true,
+    });
+    c.look();
+    assert!(c.stage().is_some(), "promoting");
+    // During the promotion, commands are refused: it finishes on its own.
+    c.command = Some(ask("6", "abort"));
+    c.look();
+    let last = c.status.last_command.clone().expect("answered");
+    assert!(
+        !last.applied && last.message.contains("promotion is under way"),
+        "{last:?}"
+    );
 }
