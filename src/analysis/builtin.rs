@@ -3,7 +3,7 @@
 
 use crate::metrics::VersionStats;
 use crate::metrics::WindowSnapshot;
-use crate::metrics::window::{LATENCY_BUCKETS, SecondCounts, bucket_upper_micros};
+use crate::metrics::window::{LATENCY_BUCKETS, SecondCounts, StatusCounts, bucket_upper_micros};
 
 use super::codes::ErrorCode;
 use super::sequential::{Pair, Slice};
@@ -53,21 +53,7 @@ fn value(metric: &BuiltinMetric, w: &WindowSnapshot, min: u64) -> Result<f64, St
     }
     Ok(match metric.metric {
         BuiltinKind::RequestRate => w.requests_per_second(),
-        BuiltinKind::ErrorRate => {
-            let errors = if metric.codes.is_empty() {
-                w.server_errors()
-            } else {
-                metric
-                    .codes
-                    .iter()
-                    .map(|c| match *c {
-                        ErrorCode::Class(class) => w.by_class[usize::from(class) - 1],
-                        ErrorCode::Code(code) => w.with_code(code),
-                    })
-                    .sum()
-            };
-            errors as f64 / n as f64
-        }
+        BuiltinKind::ErrorRate => errors(metric, w) as f64 / n as f64,
         BuiltinKind::Latency => w
             .latency_quantile(metric.quantile.unwrap_or(0.99))
             .map(|d| d.as_secs_f64())
@@ -164,15 +150,16 @@ pub fn slices(
         .collect()
 }
 
-fn errors(metric: &BuiltinMetric, c: &SecondCounts) -> u64 {
+/// Responses that count as errors: the configured codes, or 5xx.
+fn errors(metric: &BuiltinMetric, c: &impl StatusCounts) -> u64 {
     if metric.codes.is_empty() {
-        return c.by_class[4];
+        return c.by_class()[4];
     }
     metric
         .codes
         .iter()
         .map(|code| match *code {
-            ErrorCode::Class(class) => c.by_class[usize::from(class) - 1],
+            ErrorCode::Class(class) => c.by_class()[usize::from(class) - 1],
             ErrorCode::Code(code) => c.with_code(code),
         })
         .sum()

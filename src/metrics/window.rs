@@ -166,6 +166,32 @@ fn load_into(out: &mut [u64], from: &[AtomicU64]) {
     }
 }
 
+/// Responses counted by status: what error rates are read from.
+pub trait StatusCounts {
+    /// Responses by status class: index 0 is 1xx, 4 is 5xx.
+    fn by_class(&self) -> &[u64; 5];
+    /// Responses with status `code` (one of the codes counted one by one: 400-431, 500-511).
+    fn with_code(&self, code: u16) -> u64;
+}
+
+impl StatusCounts for SecondCounts {
+    fn by_class(&self) -> &[u64; 5] {
+        &self.by_class
+    }
+    fn with_code(&self, code: u16) -> u64 {
+        detail_index(code).map_or(0, |i| self.by_code[i])
+    }
+}
+
+impl StatusCounts for WindowSnapshot {
+    fn by_class(&self) -> &[u64; 5] {
+        &self.by_class
+    }
+    fn with_code(&self, code: u16) -> u64 {
+        detail_index(code).map_or(0, |i| self.by_code[i])
+    }
+}
+
 /// What one version did in one second.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SecondCounts {
@@ -181,11 +207,6 @@ pub struct SecondCounts {
 impl SecondCounts {
     pub fn requests(&self) -> u64 {
         self.by_class.iter().sum()
-    }
-
-    /// Responses with status `code` (one of the codes counted one by one: 400-431, 500-511).
-    pub fn with_code(&self, code: u16) -> u64 {
-        detail_index(code).map_or(0, |i| self.by_code[i])
     }
 }
 
@@ -210,11 +231,6 @@ impl WindowSnapshot {
 
     pub fn server_errors(&self) -> u64 {
         self.by_class[4]
-    }
-
-    /// Responses with status `code` (one of the codes counted one by one: 400-431, 500-511).
-    pub fn with_code(&self, code: u16) -> u64 {
-        detail_index(code).map_or(0, |i| self.by_code[i])
     }
 
     /// Share of 5xx responses, None with no requests.
