@@ -56,6 +56,13 @@ pub struct Config {
     pub rollouts: BTreeMap<String, RolloutSpec>,
 }
 
+/// Where the routes come from: the file (which then needs at least one), or the cluster.
+#[derive(Clone, Copy)]
+enum Mode {
+    File,
+    Cluster,
+}
+
 /// The control side's sections of the file. The data plane's are named (and skipped) so that
 /// a key belonging to neither is refused with its line.
 #[derive(Deserialize)]
@@ -144,13 +151,24 @@ impl Config {
     /// Reads, parses and validates a config file. Relative paths (certificates, token, state)
     /// are resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_as(path, Mode::File)
+    }
+
+    /// Loads the config of `tidegate proxy --kube`: listeners, admin, timeouts and limits;
+    /// the routes and rollouts come from the cluster, so the file needs none and may hold
+    /// no rollout.
+    pub fn load_for_cluster(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_as(path, Mode::Cluster)
+    }
+
+    fn load_as(path: &Path, mode: Mode) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             line: None,
             field: String::new(),
             message: format!("cannot read: {e}"),
         })?;
-        let mut config = Config::parse(&text, path)?;
+        let mut config = Config::parse_as(&text, path, mode)?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.state_dir = Some(
             base.join(
@@ -176,6 +194,10 @@ impl Config {
 
     /// Parses and validates config text; `file` only names the source in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        Config::parse_as(text, file, Mode::File)
+    }
+
+    fn parse_as(text: &str, file: &Path, mode: Mode) -> Result<Config, ConfigError> {
         let syntax = |e: serde_yaml::Error| syntax_error(text, file, e);
         // The control side's sections first: that parse knows every key of the file.
         let control: ControlSections = serde_yaml::from_str(text).map_err(syntax)?;
@@ -194,7 +216,7 @@ impl Config {
             proxy,
             rollouts,
         };
-        config.validate().map_err(|e| ConfigError {
+        config.validate(mode).map_err(|e| ConfigError {
             file: file.to_path_buf(),
             line: locate::line_of(text, &e.field),
             field: e.field,
@@ -204,8 +226,25 @@ impl Config {
     }
 
     /// Checks what serde cannot, the data plane's part first.
-    fn validate(&self) -> Result<(), FieldError> {
+    fn validate(&self, mode: Mode) -> Result<(), FieldError> {
         self.proxy.validate(self.admin.listen)?;
+        match mode {
+            Mode::File if self.proxy.routes.is_empty() => {
+                return Err(FieldError::new("routes", "at least one route is needed"));
+            }
+            Mode::Cluster if !self.rollouts.is_empty() => {
+                let i = self
+                    .proxy
+                    .routes
+                    .iter()
+                    .position(|r| self.rollouts.contains_key(&r.name));
+                return Err(FieldError::new(
+                    format!("routes[{}].rollout", i.unwrap_or(0)),
+                    "with --kube, rollouts are Rollout resources on the cluster, not file sections",
+                ));
+            }
+            _ => {}
+        }
         for (i, route) in self.proxy.routes.iter().enumerate() {
             let Some(spec) = self.rollouts.get(&route.name) else {
                 continue;
@@ -232,7 +271,7 @@ impl Config {
 /// What a route's data plane takes from its rollout: the weights come from the rollout (the
 /// stable version takes all traffic until it sets them), and its sticky cookie and version
 /// header unless the route names its own.
-fn route_follows(route: &mut crate::proxy_config::RouteConfig, spec: &RolloutSpec) {
+pub fn route_follows(route: &mut crate::proxy_config::RouteConfig, spec: &RolloutSpec) {
     let versions: Vec<&str> = route.versions.iter().map(|v| v.name.as_str()).collect();
     route.initial_version = Some(spec.initial_stable(&versions).to_string());
     if route.sticky.is_none() && spec.sticky_sessions {

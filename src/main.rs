@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tidegate::cli::{self, AdminClient, CliError, exit};
-use tidegate::config::{Config, LogFormat};
+use tidegate::config::{Config, ConfigError, LogFormat};
+use tidegate::kube::proxy::ClusterProxy;
 use tidegate::rollout::RolloutStatus;
 use tidegate::runtime::{ProxyProcess, Signals};
 
@@ -38,10 +39,17 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// The same as `run` (kept for configs without rollouts).
+    /// The same as `run`; with `--kube`, a proxy whose routes and weights follow the
+    /// cluster's Rollouts and EndpointSlices (the file then holds listeners, admin, timeouts).
     Proxy {
         #[arg(long, short)]
         config: PathBuf,
+        /// Routes from the cluster (kubeconfig, or the pod's service account).
+        #[arg(long)]
+        kube: bool,
+        /// With `--kube`: only this namespace's Rollouts; all namespaces by default.
+        #[arg(long, env = "TIDEGATE_WATCH_NAMESPACE", requires = "kube")]
+        namespace: Option<String>,
     },
     /// End the current step or pause and go on (`--full`: straight to 100 %).
     Promote {
@@ -90,6 +98,31 @@ enum Command {
     },
     /// Print the `Rollout` CustomResourceDefinition (YAML) for `kubectl apply -f -`.
     Crdgen,
+    /// Run the rollout controller on a cluster (kubeconfig, or the pod's service account):
+    /// Rollouts and annotated Deployments, leader-elected so that replicas can stand by.
+    Controller {
+        /// Where `/healthz`, `/readyz` and `/metrics` are served.
+        #[arg(
+            long,
+            env = "TIDEGATE_CONTROLLER_LISTEN",
+            default_value = "0.0.0.0:9902"
+        )]
+        listen: std::net::SocketAddr,
+        /// Only this namespace's Rollouts and Deployments; all namespaces by default.
+        #[arg(long, env = "TIDEGATE_WATCH_NAMESPACE")]
+        namespace: Option<String>,
+        /// Namespace of the election's Lease (the controller's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        #[arg(long, default_value = "tidegate-controller")]
+        lease_name: String,
+        /// This replica's name in the election; the hostname by default.
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Label selector of the EndpointSlices (port `admin`) that list the proxies to scrape.
+        #[arg(long, env = "TIDEGATE_PROXY_SELECTOR", default_value = tidegate::kube::fleet::DEFAULT_PROXY_SELECTOR)]
+        proxy_selector: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -199,12 +232,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } | Command::Proxy { config } => {
-            let format = match (cli.log_format, Config::load(&config)) {
-                (Some(f), _) => f,
-                (None, Ok(c)) if c.log.format == LogFormat::Json => LogFormatArg::Json,
-                _ => LogFormatArg::Human,
-            };
+        Command::Proxy {
+            config,
+            kube: true,
+            namespace,
+        } => {
+            let format = log_format(cli.log_format, Config::load_for_cluster(&config));
+            init_logging(format, "info");
+            run_async(async move {
+                let signals = Signals::install()?;
+                let client = tidegate::kube::commands::client()
+                    .await
+                    .map_err(|e| e.message)?;
+                let process = ClusterProxy::start(&config, client, namespace).await?;
+                for (name, addr) in &process.listeners {
+                    tracing::info!(listener = %name, %addr, "listening");
+                }
+                tracing::info!(addr = %process.admin_addr, "admin listening (/metrics, /routes, /healthz)");
+                process.run_until_signal(signals).await;
+                Ok(())
+            })
+        }
+        Command::Run { config } | Command::Proxy { config, .. } => {
+            let format = log_format(cli.log_format, Config::load(&config));
             init_logging(format, "info");
             run_async(async move {
                 let signals = Signals::install()?;
@@ -214,6 +264,34 @@ fn main() -> ExitCode {
                 }
                 tracing::info!(addr = %process.admin_addr, "admin listening (/metrics, /routes, /healthz)");
                 process.run_until_signal(signals).await;
+                Ok(())
+            })
+        }
+        Command::Controller {
+            listen,
+            namespace,
+            lease_namespace,
+            lease_name,
+            identity,
+            proxy_selector,
+        } => {
+            init_logging(cli.log_format.unwrap_or(LogFormatArg::Human), "info");
+            let identity = identity
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| format!("tidegate-{}", std::process::id()));
+            run_async(async move {
+                let client = tidegate::kube::commands::client()
+                    .await
+                    .map_err(|e| e.message)?;
+                let options = tidegate::kube::process::ControllerOptions {
+                    listen,
+                    namespace,
+                    lease_namespace,
+                    lease_name,
+                    identity,
+                    proxy_selector,
+                };
+                tidegate::kube::process::run(client, options).await?;
                 Ok(())
             })
         }
@@ -248,6 +326,15 @@ fn main() -> ExitCode {
                 .await
             })
         }
+    }
+}
+
+/// The flag's log format, else the config's, else human.
+fn log_format(flag: Option<LogFormatArg>, config: Result<Config, ConfigError>) -> LogFormatArg {
+    match (flag, config) {
+        (Some(f), _) => f,
+        (None, Ok(c)) if c.log.format == LogFormat::Json => LogFormatArg::Json,
+        _ => LogFormatArg::Human,
     }
 }
 

@@ -21,6 +21,7 @@ pub struct ProxyConfig {
     /// Addresses the proxy accepts client traffic on.
     pub listeners: Vec<ListenerConfig>,
     /// Routes, matched in file order: the first route whose match holds takes the request.
+    #[serde(default)]
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub timeouts: Timeouts,
@@ -311,9 +312,6 @@ impl ProxyConfig {
                 ));
             }
         }
-        if self.routes.is_empty() {
-            return Err(FieldError::new("routes", "at least one route is needed"));
-        }
         let mut route_names = HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             r.validate().map_err(|e| e.under(&format!("routes[{i}]")))?;
@@ -365,7 +363,7 @@ impl ListenerConfig {
 }
 
 impl RouteConfig {
-    fn validate(&self) -> Result<(), FieldError> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         check_name(&self.name, "name")?;
         if let Some(p) = &self.matches.path_prefix
             && !p.starts_with('/')

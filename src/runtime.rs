@@ -73,43 +73,11 @@ impl ProxyProcess {
         let (publisher, routes) =
             TablePublisher::new(config.proxy.clone(), weights, endpoints, metrics.clone());
 
-        let mut bound = Vec::new();
-        let mut certs = Vec::new();
-        for l in &config.proxy.listeners {
-            let tls = match &l.tls {
-                Some(t) => {
-                    let store =
-                        CertStore::load(&t.certificates).map_err(|source| StartError::Tls {
-                            name: l.name.clone(),
-                            source,
-                        })?;
-                    certs.push(store.clone());
-                    Some(store)
-                }
-                None => None,
-            };
-            let b = BoundListener::bind(
-                &l.name,
-                l.listen,
-                settings.workers,
-                tls,
-                Arc::new(TrustedProxies::new(&l.trusted_proxies)),
-            )
-            .map_err(|source| StartError::Bind {
-                name: l.name.clone(),
-                addr: l.listen,
-                source,
-            })?;
-            bound.push(b);
-        }
-        let admin_listener =
-            admin::bind(config.admin.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    name: "admin".into(),
-                    addr: config.admin.listen,
-                    source,
-                })?;
+        let Bound {
+            listeners: bound,
+            certs,
+            admin: admin_listener,
+        } = Bound::bind(&config, settings.workers).await?;
         let admin_addr = admin_listener.local_addr().map_err(StartError::Workers)?;
         let listeners = bound.iter().map(|b| (b.name.clone(), b.addr)).collect();
         let data_plane = proxy::start(bound, settings, routes.clone(), metrics.clone())
@@ -159,29 +127,85 @@ impl ProxyProcess {
 
     /// Stops accepting, lets in-flight requests and tunnels finish (up to the drain timeout), stops.
     pub async fn shutdown(self) {
-        self.data_plane.begin_shutdown();
-        let data_plane = self.data_plane;
-        let _ = tokio::task::spawn_blocking(move || data_plane.wait()).await;
-        for t in self.tasks {
-            t.abort();
-        }
+        drain(self.data_plane, self.tasks).await;
     }
 
     /// Runs until SIGTERM or SIGINT, reloading on SIGHUP; then drains and returns.
     pub async fn run_until_signal(self, mut signals: Signals) {
-        loop {
-            tokio::select! {
-                _ = signals.hup.recv() => {
-                    tracing::info!("SIGHUP: reloading config");
-                    let _ = self.reloader.reload();
-                }
-                _ = signals.term.recv() => break,
-                _ = signals.int.recv() => break,
-            }
-        }
+        let reloader = self.reloader.clone();
+        signals
+            .wait(|| {
+                tracing::info!("SIGHUP: reloading config");
+                let _ = reloader.reload();
+            })
+            .await;
         tracing::info!("shutting down: no new connections, draining the open ones");
         self.shutdown().await;
         tracing::info!("stopped");
+    }
+}
+
+/// Stops accepting, lets in-flight requests and tunnels finish (up to the drain timeout),
+/// then stops the tasks around the data plane.
+pub async fn drain(data_plane: ProxyHandle, tasks: Vec<JoinHandle<()>>) {
+    data_plane.begin_shutdown();
+    let _ = tokio::task::spawn_blocking(move || data_plane.wait()).await;
+    for t in tasks {
+        t.abort();
+    }
+}
+
+/// The client listeners and the admin listener of a config, bound.
+pub struct Bound {
+    pub listeners: Vec<BoundListener>,
+    /// The TLS listeners' certificates, for reloads.
+    pub certs: Vec<Arc<CertStore>>,
+    pub admin: tokio::net::TcpListener,
+}
+
+impl Bound {
+    pub async fn bind(config: &Config, workers: usize) -> Result<Bound, StartError> {
+        let mut listeners = Vec::new();
+        let mut certs = Vec::new();
+        for l in &config.proxy.listeners {
+            let tls = match &l.tls {
+                Some(t) => {
+                    let store =
+                        CertStore::load(&t.certificates).map_err(|source| StartError::Tls {
+                            name: l.name.clone(),
+                            source,
+                        })?;
+                    certs.push(store.clone());
+                    Some(store)
+                }
+                None => None,
+            };
+            let b = BoundListener::bind(
+                &l.name,
+                l.listen,
+                workers,
+                tls,
+                Arc::new(TrustedProxies::new(&l.trusted_proxies)),
+            )
+            .map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.listen,
+                source,
+            })?;
+            listeners.push(b);
+        }
+        let admin = admin::bind(config.admin.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                name: "admin".into(),
+                addr: config.admin.listen,
+                source,
+            })?;
+        Ok(Bound {
+            listeners,
+            certs,
+            admin,
+        })
     }
 }
 
@@ -194,6 +218,17 @@ pub struct Signals {
 }
 
 impl Signals {
+    /// Waits for SIGTERM or SIGINT, calling `on_hup` at each SIGHUP meanwhile.
+    pub async fn wait(&mut self, on_hup: impl Fn()) {
+        loop {
+            tokio::select! {
+                _ = self.hup.recv() => on_hup(),
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+            }
+        }
+    }
+
     /// Call inside a tokio runtime.
     pub fn install() -> std::io::Result<Signals> {
         Ok(Signals {

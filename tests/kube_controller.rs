@@ -47,7 +47,13 @@ async fn start(client: &Client, ns: &str, identity: &str, cluster: &Arc<SimClust
         leadership.watch(),
     );
     let rollouts: Api<Rollout> = Api::namespaced(client.clone(), ns);
-    let task = tokio::spawn(controller::run(ctx, leadership, rollouts));
+    let task = tokio::spawn(controller::run(
+        ctx,
+        leadership,
+        rollouts,
+        controller::Annotated::Ignored,
+        std::future::pending(),
+    ));
     Controller { task, workloads }
 }
 

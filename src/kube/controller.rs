@@ -19,6 +19,7 @@ use super::leader::Leadership;
 use super::plan::{self, Action, FleetView, Observed};
 use super::workloads::{FIELD_MANAGER, Workloads};
 use crate::analysis::{self, MeasureContext, Reading, Vars, judge};
+use crate::metrics::VersionStats;
 use crate::rollout::{MeasureRequest, MeasurementResult};
 
 /// Why a look at a rollout failed; it is tried again.
@@ -34,6 +35,12 @@ pub enum ReconcileError {
 /// endpoints), summed over the fleet.
 pub trait Fleet: Send + Sync + 'static {
     fn observe(&self, rollout: &Rollout) -> FleetView;
+
+    /// The fleet's summed counts of the canary and the stable version, per second, for the
+    /// builtin analysis; None when this fleet counts nothing.
+    fn windows(&self, _rollout: &Rollout) -> Option<(Arc<VersionStats>, Arc<VersionStats>)> {
+        None
+    }
 }
 
 /// What every reconcile shares.
@@ -84,9 +91,40 @@ impl Context {
     }
 }
 
+/// Which Deployments get a Rollout from their annotations.
+#[derive(Debug, Clone)]
+pub enum Annotated {
+    /// None: only Rollout resources are followed.
+    Ignored,
+    /// Those of this namespace, or of all when None.
+    In(Option<String>),
+}
+
 /// Runs the controller while this process leads the election; stops all work when it loses
-/// the lease and starts again if it wins it back. Returns never.
-pub async fn run(ctx: Arc<Context>, mut leadership: Leadership, rollouts: Api<Rollout>) {
+/// the lease and starts again if it wins it back. When `stop` resolves, it hands the lease
+/// over (a successor need not wait for it to run out) and returns.
+pub async fn run(
+    ctx: Arc<Context>,
+    leadership: Leadership,
+    rollouts: Api<Rollout>,
+    annotated: Annotated,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut leadership = leadership;
+    tokio::select! {
+        _ = lead(&ctx, &mut leadership, &rollouts, &annotated) => {}
+        _ = stop => {}
+    }
+    tracing::info!("stopping: handing the lease over");
+    leadership.step_down().await;
+}
+
+async fn lead(
+    ctx: &Arc<Context>,
+    leadership: &mut Leadership,
+    rollouts: &Api<Rollout>,
+    annotated: &Annotated,
+) {
     loop {
         leadership.became_leader().await;
         tracing::info!("leading: reconciling rollouts");
@@ -97,8 +135,17 @@ pub async fn run(ctx: Arc<Context>, mut leadership: Leadership, rollouts: Api<Ro
                     tracing::debug!(error = %e, "reconcile failed");
                 }
             });
+        let adoption = async {
+            match annotated {
+                Annotated::Ignored => std::future::pending().await,
+                Annotated::In(ns) => {
+                    super::adopt::run(ctx.client.clone(), ns.clone(), ctx.recorder.clone()).await
+                }
+            }
+        };
         tokio::select! {
             _ = controller => {}
+            _ = adoption => {}
             _ = leadership.deposed() => tracing::warn!("lost the lease: stopped at once"),
         }
     }
@@ -170,7 +217,18 @@ pub async fn reconcile(
         command: asked.as_ref(),
     });
     let mut st = plan.status;
-    plan::set_condition(&mut st.conditions, "InvalidSpec", false, "Valid", "", now);
+    // Annotations that could not be used leave the last good spec running, and say so.
+    match rollout.annotations().get(super::adopt::INVALID_ANNOTATION) {
+        Some(why) => plan::set_condition(
+            &mut st.conditions,
+            "InvalidSpec",
+            true,
+            "InvalidAnnotation",
+            why,
+            now,
+        ),
+        None => plan::set_condition(&mut st.conditions, "InvalidSpec", false, "Valid", "", now),
+    }
     st.observed_generation = rollout.metadata.generation;
     // Recorded before anything is done: a new leader starts from here.
     write_status(&ctx, &api, &rollout, st).await?;
@@ -247,14 +305,16 @@ fn measure(ctx: &Arc<Context>, rollout: &Rollout, uid: String, ask: MeasureReque
         stable: plan::STABLE.into(),
         namespace: rollout.namespace().unwrap_or_default(),
     };
+    let (canary, stable) = ctx.fleet.windows(rollout).unzip();
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let context = MeasureContext {
             vars,
-            canary: None,
-            stable: None,
+            canary,
+            stable,
             canary_endpoints: Vec::new(),
-            since_ms: 0,
+            // The run's start on the process clock the fleet's windows count in.
+            since_ms: ask.since.saturating_sub(crate::clock::unix_offset_ms()),
             unix_offset_ms: crate::clock::unix_offset_ms(),
         };
         let limit = analysis::measure_timeout(&ask.metric) + Duration::from_secs(1);

@@ -89,6 +89,15 @@ impl VersionStats {
         self.window.record(now_ms, status, micros);
     }
 
+    /// Adds responses the proxies of a fleet counted (the controller sums their scrapes):
+    /// by status class, and latencies as (microseconds, responses) pairs.
+    pub fn add_counts(&self, now_ms: u64, by_class: &[u64; 5], latencies: &[(u64, u64)]) {
+        for (c, n) in self.by_class.iter().zip(by_class) {
+            c.fetch_add(*n, Relaxed);
+        }
+        self.window.add(now_ms, by_class, latencies);
+    }
+
     /// Marks a request active until the guard drops (with its response body or tunnel).
     pub fn begin(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Relaxed);

@@ -75,6 +75,28 @@ impl Default for Window {
 impl Window {
     /// Counts one response in the slot of `now_ms`.
     pub fn record(&self, now_ms: u64, status: u16, latency_micros: u64) {
+        let slot = self.slot(now_ms);
+        slot.by_class[class_index(status)].fetch_add(1, Relaxed);
+        if let Some(i) = detail_index(status) {
+            slot.by_code[i].fetch_add(1, Relaxed);
+        }
+        slot.latency[latency_bucket(latency_micros)].fetch_add(1, Relaxed);
+    }
+
+    /// Adds responses counted elsewhere (by the proxies of a fleet) to the slot of `now_ms`:
+    /// by status class, and latencies as (microseconds, responses) pairs.
+    pub fn add(&self, now_ms: u64, by_class: &[u64; 5], latencies: &[(u64, u64)]) {
+        let slot = self.slot(now_ms);
+        for (c, n) in slot.by_class.iter().zip(by_class) {
+            c.fetch_add(*n, Relaxed);
+        }
+        for &(micros, n) in latencies {
+            slot.latency[latency_bucket(micros)].fetch_add(n, Relaxed);
+        }
+    }
+
+    /// The slot of `now_ms`'s second, claimed and cleared when it still held an older one.
+    fn slot(&self, now_ms: u64) -> &Slot {
         let second = now_ms / 1000;
         let slot = &self.slots[(second % WINDOW_SECONDS as u64) as usize];
         let seen = slot.second.load(Relaxed);
@@ -91,11 +113,7 @@ impl Window {
                 b.store(0, Relaxed);
             }
         }
-        slot.by_class[class_index(status)].fetch_add(1, Relaxed);
-        if let Some(i) = detail_index(status) {
-            slot.by_code[i].fetch_add(1, Relaxed);
-        }
-        slot.latency[latency_bucket(latency_micros)].fetch_add(1, Relaxed);
+        slot
     }
 
     /// Sums the slots of the last `span` (whole seconds, at most a minute) ending at `now_ms`,

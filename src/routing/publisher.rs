@@ -71,6 +71,32 @@ impl TablePublisher {
         self.publish(&mut state);
     }
 
+    /// Puts validated routes in force together with the weights of some of them, in one
+    /// table: a source that knows both (the cluster) never shows its new routes at stale
+    /// weights. Weights that do not fit their route are left out and returned with why.
+    pub fn replace_config_and_weights(
+        &self,
+        config: ProxyConfig,
+        weights: Vec<(String, Vec<(String, WeightBps)>)>,
+    ) -> Vec<RouteError> {
+        let mut state = self.lock();
+        let mut refused = Vec::new();
+        state
+            .weights
+            .retain(|route, _| config.routes.iter().any(|r| r.name == *route));
+        for (route, w) in weights {
+            match check_weights(&config, &route, &w) {
+                Ok(()) => {
+                    state.weights.insert(route, w);
+                }
+                Err(e) => refused.push(e),
+            }
+        }
+        state.config = Arc::new(config);
+        self.publish(&mut state);
+        refused
+    }
+
     /// Sets the weights of one route (basis points adding up to 10000): exactly the versions
     /// to keep in its table, the others left out. They stay in force across route changes
     /// until set again; on error nothing changes.
