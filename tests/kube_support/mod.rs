@@ -40,16 +40,38 @@ pub fn namespace(test: &str) -> String {
 /// Serves `coordination.k8s.io/v1` Leases as a CRD (the test server has no built-in kinds),
 /// so `Api<Lease>` works unchanged.
 pub async fn install_lease_crd(client: &Client) {
+    install_builtin_kind(client, "coordination.k8s.io", "Lease", "leases").await;
+}
+
+/// Serves `discovery.k8s.io/v1` EndpointSlices as a CRD, so `Api<EndpointSlice>` works; the
+/// tests write the slices an EndpointSlice controller would.
+pub async fn install_endpointslice_crd(client: &Client) {
+    install_builtin_kind(
+        client,
+        "discovery.k8s.io",
+        "EndpointSlice",
+        "endpointslices",
+    )
+    .await;
+}
+
+/// Serves `events.k8s.io/v1` Events as a CRD, so the controller's event recorder works.
+pub async fn install_event_crd(client: &Client) {
+    install_builtin_kind(client, "events.k8s.io", "Event", "events").await;
+}
+
+/// A built-in kind (`<group>/v1`, namespaced) served as a schemaless CRD in its real group.
+async fn install_builtin_kind(client: &Client, group: &str, kind: &str, plural: &str) {
     let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": "leases.coordination.k8s.io",
+            "name": format!("{plural}.{group}"),
             "annotations": {"api-approved.kubernetes.io": "unapproved, test only"}
         },
         "spec": {
-            "group": "coordination.k8s.io",
-            "names": {"kind": "Lease", "plural": "leases", "singular": "lease", "listKind": "LeaseList"},
+            "group": group,
+            "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
             "scope": "Namespaced",
             "versions": [{
                 "name": "v1", "served": true, "storage": true,
@@ -57,7 +79,7 @@ pub async fn install_lease_crd(client: &Client) {
             }]
         }
     }))
-    .expect("Lease CRD");
+    .expect("CRD of a built-in kind");
     apply_crd(client, crd).await;
 }
 
@@ -85,27 +107,4 @@ async fn apply_crd(client: &Client, crd: CustomResourceDefinition) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("CRD {name} was not established");
-}
-
-/// Serves `events.k8s.io/v1` Events as a CRD, so the controller's event recorder works.
-pub async fn install_event_crd(client: &Client) {
-    let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": "events.events.k8s.io",
-            "annotations": {"api-approved.kubernetes.io": "unapproved, test only"}
-        },
-        "spec": {
-            "group": "events.k8s.io",
-            "names": {"kind": "Event", "plural": "events", "singular": "event", "listKind": "EventList"},
-            "scope": "Namespaced",
-            "versions": [{
-                "name": "v1", "served": true, "storage": true,
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
-            }]
-        }
-    }))
-    .expect("Event CRD");
-    apply_crd(client, crd).await;
 }

@@ -1,0 +1,201 @@
+//! `tidegate proxy --kube` on a real API server (k8s-testenv: Rollouts and EndpointSlices are
+//! real objects, EndpointSlices served as a CRD in their own group). The server runs no
+//! kubelet and no EndpointSlice controller, so the test writes the slices that controller
+//! would, pointing at loopback backends. Real requests through the proxy follow the
+//! Rollout's status weight and the slices' ready endpoints; the controller's fleet finds the
+//! proxy by the EndpointSlice of its admin port and reads the weight it applied and the
+//! requests it served.
+
+mod common;
+mod kube_support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use tidegate::kube::controller::Fleet;
+use tidegate::kube::fleet::{DEFAULT_PROXY_SELECTOR, ProxyFleet};
+use tidegate::kube::proxy::ClusterProxy;
+use tidegate::kube::{Rollout, RolloutResourceStatus};
+use tidegate::rollout::RolloutStatus;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn set_canary_weight(rollouts: &Api<Rollout>, bps: u16) {
+    let mut record = RolloutStatus::new("web", "stable", 0);
+    record.canary_weight = bps;
+    let status = RolloutResourceStatus {
+        rollout: Some(record),
+        ..Default::default()
+    };
+    let patch = serde_json::json!({
+        "apiVersion": "tidegate.dev/v1alpha1", "kind": "Rollout", "status": status,
+    });
+    rollouts
+        .patch_status(
+            "web",
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .expect("status written");
+}
+
+/// The slice an EndpointSlice controller would write for `service`, one endpoint at `addr`.
+async fn put_slice(client: &Client, ns: &str, service: &str, addr: SocketAddr, ready: bool) {
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-abcde"), "labels": {
+            "kubernetes.io/service-name": service,
+            "app.kubernetes.io/managed-by": "tidegate",
+        }},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": addr.port(), "protocol": "TCP"}],
+        "endpoints": [{"addresses": [addr.ip().to_string()],
+                       "conditions": {"ready": ready, "serving": true, "terminating": !ready}}],
+    }))
+    .expect("slice");
+    Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .patch(
+            &format!("{service}-abcde"),
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&slice),
+        )
+        .await
+        .expect("slice written");
+}
+
+async fn canary_weight_served(admin: SocketAddr, route: &str) -> f64 {
+    let text = common::get_text(&format!("http://{admin}/metrics")).await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("metrics parse");
+    let labels = [("route", route), ("version", "canary")];
+    if scrape.samples.iter().any(|s| {
+        s.metric == "tidegate_route_weight_percent"
+            && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+    }) {
+        common::sample(&scrape, "tidegate_route_weight_percent", &labels)
+    } else {
+        -1.0
+    }
+}
+
+/// How many of `n` requests in a row the canary answered.
+async fn canary_share(listener: SocketAddr, n: usize) -> usize {
+    let mut canary = 0;
+    for _ in 0..n {
+        let (status, body) = common::get(&format!("http://{listener}/")).await;
+        assert_eq!(status, 200, "{body}");
+        canary += usize::from(body == "canary");
+    }
+    canary
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_follows_the_status_weight_and_ready_endpoints_and_the_fleet_reads_it() {
+    let client = kube_support::client().await;
+    kube_support::install_crd(&client).await;
+    kube_support::install_endpointslice_crd(&client).await;
+    let ns = kube_support::namespace("kube-proxy");
+    let route = format!("{ns}.web");
+    let stable = common::named_backend("stable").await;
+    let canary = common::named_backend("canary").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        "listeners:\n  - name: http\n    listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n",
+    )
+    .expect("config written");
+    let proxy = ClusterProxy::start(&config, client.clone(), Some(ns.clone()))
+        .await
+        .expect("proxy starts");
+    let listener = proxy.listener("http").expect("listener");
+    let admin = proxy.admin_addr;
+
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns);
+    let rollout: Rollout = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tidegate.dev/v1alpha1", "kind": "Rollout",
+        "metadata": {"name": "web"},
+        "spec": {"workloadRef": {"name": "web"}, "steps": [{"setWeight": 20}]},
+    }))
+    .expect("rollout");
+    rollouts
+        .create(&PostParams::default(), &rollout)
+        .await
+        .expect("rollout created");
+    set_canary_weight(&rollouts, 2000).await;
+    put_slice(&client, &ns, "web-stable", stable.addr, true).await;
+    put_slice(&client, &ns, "web-canary", canary.addr, true).await;
+
+    let r = route.clone();
+    common::eventually("the proxy serves the status weight", WAIT, || {
+        let r = r.clone();
+        async move { canary_weight_served(admin, &r).await == 20.0 }
+    })
+    .await;
+    // The split is exact: 20 of every 100 requests in a row.
+    assert_eq!(canary_share(listener, 100).await, 20);
+
+    set_canary_weight(&rollouts, 10_000).await;
+    let r = route.clone();
+    common::eventually("the proxy follows a new status weight", WAIT, || {
+        let r = r.clone();
+        async move { canary_weight_served(admin, &r).await == 100.0 }
+    })
+    .await;
+    assert_eq!(canary_share(listener, 20).await, 20);
+
+    // The canary's only pod terminates: not ready, so no new requests; stable takes them.
+    put_slice(&client, &ns, "web-canary", canary.addr, false).await;
+    let r = route.clone();
+    common::eventually("a terminating endpoint gets no new requests", WAIT, || {
+        let r = r.clone();
+        async move { canary_weight_served(admin, &r).await == 0.0 }
+    })
+    .await;
+    assert_eq!(canary_share(listener, 20).await, 0);
+
+    // The controller's view: this proxy, found by its admin port's EndpointSlice.
+    put_proxy_slice(&client, &ns, admin).await;
+    let fleet = ProxyFleet::new(client.clone(), Some(ns.clone()), DEFAULT_PROXY_SELECTOR);
+    fleet.scrape().await;
+    assert_eq!(canary_share(listener, 30).await, 0);
+    fleet.scrape().await;
+    let rollout = rollouts.get("web").await.expect("rollout");
+    let view = fleet.observe(&rollout);
+    assert_eq!(
+        view.applied_weight,
+        Some(0),
+        "what the proxy serves, not what status asks"
+    );
+    assert_eq!(view.stable_endpoints, 1);
+    assert_eq!(view.active.get("canary"), Some(&0));
+    let (canary_counts, stable_counts) = fleet.windows(&rollout).expect("the fleet counts");
+    let now = tidegate::clock::now_ms();
+    let window = |s: &tidegate::metrics::VersionStats| s.window(now, Duration::from_secs(60), 0);
+    assert_eq!(window(&stable_counts).requests(), 30);
+    assert_eq!(window(&canary_counts).requests(), 0);
+
+    proxy.shutdown().await;
+}
+
+async fn put_proxy_slice(client: &Client, ns: &str, admin: SocketAddr) {
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "tidegate-proxy-admin-xyz", "labels": {
+            "kubernetes.io/service-name": "tidegate-proxy-admin",
+            "tidegate.dev/proxy-admin": "true",
+        }},
+        "addressType": "IPv4",
+        "ports": [{"name": "admin", "port": admin.port(), "protocol": "TCP"}],
+        "endpoints": [{"addresses": [admin.ip().to_string()], "conditions": {"ready": true}}],
+    }))
+    .expect("slice");
+    Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &slice)
+        .await
+        .expect("proxy slice written");
+}
