@@ -123,12 +123,13 @@ async fn the_controller_drives_a_rollout_and_a_successor_resumes_mid_step() {
     // A new template: the canary starts at 20 % with 2 of 10 pods.
     cluster.new_template("t2");
     nudge(&rollouts, 1).await;
+    // The status is recorded before the canary is sized: wait for both.
     let at_20 = eventually("the first step", async || {
         let r = rollouts.get("shop").await.ok()?.status?.rollout?;
-        (r.canary_weight == 2000 && r.step == 1).then_some(r)
+        let sized = cluster.get().canary.map(|c| c.replicas) == Some(2);
+        (r.canary_weight == 2000 && r.step == 1 && sized).then_some(r)
     })
     .await;
-    assert_eq!(cluster.get().canary.map(|c| c.replicas), Some(2));
     assert!(
         cluster.get().deployment.paused,
         "the Deployment does not roll"
@@ -139,7 +140,8 @@ async fn the_controller_drives_a_rollout_and_a_successor_resumes_mid_step() {
     let second = start(&client, &ns, "b", &cluster).await;
     let at_50 = eventually("the pause to end and the next step", async || {
         let r = rollouts.get("shop").await.ok()?.status?.rollout?;
-        (r.canary_weight == 5000).then_some(r)
+        let sized = cluster.get().canary.map(|c| c.replicas) == Some(5);
+        (r.canary_weight == 5000 && sized).then_some(r)
     })
     .await;
     let pause_over = at_50
@@ -167,7 +169,6 @@ async fn the_controller_drives_a_rollout_and_a_successor_resumes_mid_step() {
         Phase::Paused,
         "waiting at `pause: {{}}` for promote"
     );
-    assert_eq!(cluster.get().canary.map(|c| c.replicas), Some(5));
     assert!(second.workloads.calls.load(Ordering::SeqCst) > 0);
 
     // Every transition is a Kubernetes Event on the Rollout.

@@ -161,7 +161,9 @@ async fn the_proxy_follows_the_status_weight_and_ready_endpoints_and_the_fleet_r
     // The controller's view: this proxy, found by its admin port's EndpointSlice.
     put_proxy_slice(&client, &ns, admin).await;
     let fleet = ProxyFleet::new(client.clone(), Some(ns.clone()), DEFAULT_PROXY_SELECTOR);
+    let before_first_look = tidegate::clock::unix_now_ms();
     fleet.scrape().await;
+    let after_first_look = tidegate::clock::unix_now_ms();
     assert_eq!(canary_share(listener, 30).await, 0);
     fleet.scrape().await;
     let rollout = rollouts.get("web").await.expect("rollout");
@@ -173,11 +175,18 @@ async fn the_proxy_follows_the_status_weight_and_ready_endpoints_and_the_fleet_r
     );
     assert_eq!(view.stable_endpoints, 1);
     assert_eq!(view.active.get("canary"), Some(&0));
-    let (canary_counts, stable_counts) = fleet.windows(&rollout).expect("the fleet counts");
+    let counts = fleet.windows(&rollout).expect("the fleet counts");
     let now = tidegate::clock::now_ms();
     let window = |s: &tidegate::metrics::VersionStats| s.window(now, Duration::from_secs(60), 0);
-    assert_eq!(window(&stable_counts).requests(), 30);
-    assert_eq!(window(&canary_counts).requests(), 0);
+    assert_eq!(window(&counts.stable).requests(), 30);
+    assert_eq!(window(&counts.canary).requests(), 0);
+    // Every proxy has served 0 % to the canary since the first look (not the second): an
+    // analysis window of this weight starts no earlier than that.
+    assert!(
+        (before_first_look..=after_first_look).contains(&counts.applied_since),
+        "{} not within {before_first_look}..={after_first_look}",
+        counts.applied_since
+    );
 
     proxy.shutdown().await;
 }

@@ -38,9 +38,18 @@ pub trait Fleet: Send + Sync + 'static {
 
     /// The fleet's summed counts of the canary and the stable version, per second, for the
     /// builtin analysis; None when this fleet counts nothing.
-    fn windows(&self, _rollout: &Rollout) -> Option<(Arc<VersionStats>, Arc<VersionStats>)> {
+    fn windows(&self, _rollout: &Rollout) -> Option<FleetWindows> {
         None
     }
+}
+
+/// A fleet's counts of one rollout.
+pub struct FleetWindows {
+    pub canary: Arc<VersionStats>,
+    pub stable: Arc<VersionStats>,
+    /// Unix ms since when every proxy has served the weight they serve now: an analysis
+    /// window starts no earlier, so it never judges a step by traffic split the old way.
+    pub applied_since: u64,
 }
 
 /// What every reconcile shares.
@@ -249,6 +258,16 @@ pub async fn reconcile(
                 reason,
                 message,
             } => publish(&ctx, &rollout, warning, &reason, message).await,
+            Action::Notify { webhook, event } => {
+                let route =
+                    super::routes::route_name(&rollout.namespace().unwrap_or_default(), &name);
+                tokio::spawn(async move {
+                    let payload = crate::notify::NotifyPayload::new(&route, &event);
+                    if let Err(e) = crate::notify::post_event(&webhook, &payload).await {
+                        tracing::warn!(rollout = %route, %webhook, error = %e, "notification not delivered");
+                    }
+                });
+            }
         }
     }
     Ok(Requeue::requeue(
@@ -305,7 +324,11 @@ fn measure(ctx: &Arc<Context>, rollout: &Rollout, uid: String, ask: MeasureReque
         stable: plan::STABLE.into(),
         namespace: rollout.namespace().unwrap_or_default(),
     };
-    let (canary, stable) = ctx.fleet.windows(rollout).unzip();
+    let counts = ctx.fleet.windows(rollout);
+    let since = counts
+        .as_ref()
+        .map_or(ask.since, |c| ask.since.max(c.applied_since));
+    let (canary, stable) = counts.map(|c| (c.canary, c.stable)).unzip();
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let context = MeasureContext {
@@ -313,8 +336,8 @@ fn measure(ctx: &Arc<Context>, rollout: &Rollout, uid: String, ask: MeasureReque
             canary,
             stable,
             canary_endpoints: Vec::new(),
-            // The run's start on the process clock the fleet's windows count in.
-            since_ms: ask.since.saturating_sub(crate::clock::unix_offset_ms()),
+            // On the process clock the fleet's windows count in.
+            since_ms: since.saturating_sub(crate::clock::unix_offset_ms()),
             unix_offset_ms: crate::clock::unix_offset_ms(),
         };
         let limit = analysis::measure_timeout(&ask.metric) + Duration::from_secs(1);

@@ -14,7 +14,7 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use prometheus_parse::{Scrape, Value};
 
-use super::controller::Fleet;
+use super::controller::{Fleet, FleetWindows};
 use super::crd::Rollout;
 use super::plan::{CANARY, FleetView, STABLE};
 use super::routes::route_name;
@@ -52,6 +52,9 @@ struct FleetState {
     unreachable: usize,
     /// The fleet's summed counts, by (route, version).
     stats: HashMap<(String, String), Arc<VersionStats>>,
+    /// By route: the canary weight every proxy serves (None while they differ), and since
+    /// when (unix ms).
+    applied: HashMap<String, (Option<u16>, u64)>,
 }
 
 /// The proxies found by a label selector, scraped every second.
@@ -124,6 +127,19 @@ impl ProxyFleet {
         }
         state.proxies = proxies;
         state.unreachable = unreachable;
+        let routes: std::collections::BTreeSet<String> = state
+            .proxies
+            .values()
+            .flat_map(|p| p.keys().map(|(route, _)| route.clone()))
+            .collect();
+        let unix_now = crate::clock::unix_now_ms();
+        for route in routes {
+            let weight = view(&state.proxies, unreachable, &route).applied_weight;
+            let entry = state.applied.entry(route).or_insert((weight, unix_now));
+            if entry.0 != weight {
+                *entry = (weight, unix_now);
+            }
+        }
     }
 
     /// The admin addresses of the ready proxies.
@@ -184,7 +200,7 @@ impl Fleet for ProxyFleet {
         view(&state.proxies, state.unreachable, &route)
     }
 
-    fn windows(&self, rollout: &Rollout) -> Option<(Arc<VersionStats>, Arc<VersionStats>)> {
+    fn windows(&self, rollout: &Rollout) -> Option<FleetWindows> {
         let route = route_name(
             &rollout.namespace().unwrap_or_default(),
             &rollout.name_any(),
@@ -199,7 +215,13 @@ impl Fleet for ProxyFleet {
                 })
                 .clone()
         };
-        Some((stats(CANARY), stats(STABLE)))
+        let (canary, stable) = (stats(CANARY), stats(STABLE));
+        let applied_since = state.applied.get(&route).map_or(0, |(_, since)| *since);
+        Some(FleetWindows {
+            canary,
+            stable,
+            applied_since,
+        })
     }
 }
 

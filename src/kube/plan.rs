@@ -125,6 +125,11 @@ pub enum Action {
         reason: String,
         message: String,
     },
+    /// The transition posted to the rollout's `notify.webhook`, as in local mode.
+    Notify {
+        webhook: String,
+        event: Event,
+    },
 }
 
 /// The planner's answer: record `status` first, then act.
@@ -194,6 +199,21 @@ impl Planner<'_, '_> {
             reason: reason.to_string(),
             message,
         });
+    }
+
+    /// A transition: an Event on the Rollout, and the webhook's notification when it is one
+    /// users are told of.
+    fn transition(&mut self, e: &Event) {
+        let warning = matches!(e.kind, EventKind::Aborted | EventKind::Paused);
+        self.event(warning, &format!("{:?}", e.kind), e.message.clone());
+        if let Some(n) = &self.o.spec.strategy.notify
+            && e.kind.is_notified()
+        {
+            self.actions.push(Action::Notify {
+                webhook: n.webhook.clone(),
+                event: e.clone(),
+            });
+        }
     }
 
     /// The Deployment's running template is the stable one; the Deployment stays paused.
@@ -320,8 +340,7 @@ impl Planner<'_, '_> {
     /// Takes an engine decision: its status, its measurements and its events.
     fn apply(&mut self, d: Decision) {
         for e in &d.events {
-            let warning = matches!(e.kind, EventKind::Aborted | EventKind::Paused);
-            self.event(warning, &format!("{:?}", e.kind), e.message.clone());
+            self.transition(e);
         }
         for effect in d.effects {
             // Removal is the promotion's business here, stage by stage.
@@ -466,14 +485,15 @@ impl Planner<'_, '_> {
             "promoted: the Deployment runs the new template (pod-template-hash {}), the old pods drained and were replaced",
             self.st.stable_revision.as_deref().unwrap_or("?")
         );
-        record.history.push(Event {
+        let completed = Event {
             at: o.now,
             kind: EventKind::Completed,
-            message: message.clone(),
+            message,
             step: record.step,
             canary_weight: FULL_WEIGHT,
-        });
-        self.event(false, "Completed", message);
+        };
+        self.transition(&completed);
+        record.history.push(completed);
         self.st.rollout = Some(record);
         self.st.stable_template = Some(o.deployment.template.clone());
         self.st.promotion = None;

@@ -107,7 +107,7 @@ impl Cluster {
                 Action::ApplyServices { stable_hash } => {
                     self.stable_service = Some(stable_hash.clone())
                 }
-                Action::Measure(_) | Action::Event { .. } => {}
+                Action::Measure(_) | Action::Event { .. } | Action::Notify { .. } => {}
             }
             self.log.push(a.clone());
         }
@@ -502,5 +502,46 @@ fn commands_are_handled_once_and_refused_with_a_reason() {
     assert!(
         !last.applied && last.message.contains("promotion is under way"),
         "{last:?}"
+    );
+}
+
+#[test]
+fn transitions_users_are_told_of_go_to_the_webhook_as_in_local_mode() {
+    let mut c = Cluster::new();
+    c.spec.strategy.notify =
+        serde_yaml::from_str("{webhook: 'http://hooks.example/tidegate'}").ok();
+    c.look();
+    c.new_template("t2");
+    c.settle(SEC);
+    let plan = c.look();
+    let notified: Vec<_> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Notify { webhook, event } => Some((webhook.as_str(), event.kind)),
+            _ => None,
+        })
+        .collect();
+    // Started, and the first step (setWeight 10) done at once.
+    let hook = "http://hooks.example/tidegate";
+    assert_eq!(
+        notified,
+        [(hook, EventKind::Started), (hook, EventKind::StepCompleted)]
+    );
+    // Without a webhook, only the Kubernetes Events.
+    let mut quiet = Cluster::new();
+    quiet.look();
+    quiet.new_template("t2");
+    quiet.settle(SEC);
+    let plan = quiet.look();
+    assert!(
+        plan.actions
+            .iter()
+            .all(|a| !matches!(a, Action::Notify { .. }))
+    );
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::Event { reason, .. } if reason == "Started"))
     );
 }
