@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -351,4 +352,77 @@ async fn cli_commands_with_kube_are_answered_by_the_leading_controller() {
         "{err}"
     );
     c.task.abort();
+}
+
+/// The `tidegate controller` binary against the real API server (which has no `apps` group,
+/// so what is checked is the process): it leads, serves its probes, and on SIGTERM hands its
+/// lease over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_binary_leads_serves_probes_and_hands_its_lease_over_on_sigterm() {
+    let (client, ns, _) = setup("binary").await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("addr").port()
+    };
+    let kubeconfig = std::env::var("TIDEGATE_TEST_KUBECONFIG").expect("kubeconfig");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["controller", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--namespace", &ns, "--identity", "binary-a"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", &ns)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tidegate controller starts");
+    // A failed assertion must not leave the process behind.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _guard = KillOnDrop(child.id());
+    let get = |path: &'static str| async move {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let resp = tidegate::httpclient::HttpRequest::get(url)
+            .send()
+            .await
+            .ok()?;
+        Some((
+            resp.status,
+            String::from_utf8_lossy(&resp.body).into_owned(),
+        ))
+    };
+    eventually("the probes answer", async || {
+        (get("/readyz").await?.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(get("/healthz").await.map(|r| r.0), Some(200));
+    eventually("it leads", async || {
+        get("/metrics")
+            .await?
+            .1
+            .contains("tidegate_controller_leader 1")
+            .then_some(())
+    })
+    .await;
+    let pid = child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    let leases: Api<Lease> = Api::namespaced(client, &ns);
+    let lease = leases.get("tidegate-controller").await.expect("lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity),
+        None,
+        "handed over, not left to run out"
+    );
 }

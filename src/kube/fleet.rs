@@ -225,11 +225,16 @@ impl Fleet for ProxyFleet {
     }
 }
 
-/// What the fleet reports of one route.
+/// What the fleet reports of one route. Only the proxies that route it count: a sidecar
+/// fleet limited to its own namespace says nothing of another namespace's rollouts.
 fn view(proxies: &BTreeMap<SocketAddr, ProxyReport>, unreachable: usize, route: &str) -> FleetView {
     let get = |p: &ProxyReport, v: &str| p.get(&(route.to_string(), v.to_string())).cloned();
-    let weights: Vec<Option<u16>> = proxies
+    let routing: Vec<&ProxyReport> = proxies
         .values()
+        .filter(|p| get(p, CANARY).is_some_and(|r| r.weight.is_some()))
+        .collect();
+    let weights: Vec<Option<u16>> = routing
+        .iter()
         .map(|p| get(p, CANARY)?.weight.map(|w| (w * 100.0).round() as u16))
         .collect();
     let applied_weight = match weights.first() {
@@ -245,8 +250,8 @@ fn view(proxies: &BTreeMap<SocketAddr, ProxyReport>, unreachable: usize, route: 
             .sum();
         active.insert(v.to_string(), n);
     }
-    let stable_endpoints = proxies
-        .values()
+    let stable_endpoints = routing
+        .iter()
         .map(|p| get(p, STABLE).map_or(0, |r| r.healthy_endpoints))
         .min()
         .unwrap_or(0);
@@ -397,6 +402,12 @@ tidegate_endpoint_healthy{route="shop.web",version="stable",endpoint="10.0.0.2:8
         assert_eq!(view(&proxies, 0, "shop.web").applied_weight, None);
         // No proxy at all: nothing is applied.
         assert_eq!(view(&BTreeMap::new(), 0, "shop.web").applied_weight, None);
+        // A proxy that does not route this rollout (a sidecar of another namespace) has no say.
+        let mut proxies = BTreeMap::new();
+        proxies.insert("10.1.0.1:9901".parse().unwrap(), one);
+        proxies.insert("10.2.0.1:9901".parse().unwrap(), ProxyReport::new());
+        assert_eq!(view(&proxies, 0, "shop.web").applied_weight, Some(2500));
+        assert_eq!(view(&proxies, 0, "shop.web").stable_endpoints, 1);
     }
 
     #[test]
