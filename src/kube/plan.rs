@@ -142,6 +142,25 @@ pub struct Plan {
 
 /// Plans one look at a rollout.
 pub fn plan(o: &Observed) -> Plan {
+    if o.status.stable_template.is_none() && o.deployment.template_hash.is_none() {
+        // Paused before its first ReplicaSet exists, a Deployment would never get one: it is
+        // adopted once its pods are being made.
+        let mut status = o.status.clone();
+        let why = "waiting for the Deployment's first ReplicaSet before adopting it";
+        set_condition(
+            &mut status.conditions,
+            "Progressing",
+            false,
+            "WaitingForReplicaSet",
+            why,
+            o.now,
+        );
+        return Plan {
+            status,
+            actions: Vec::new(),
+            requeue_after: Some(POLL),
+        };
+    }
     let mut p = Planner {
         o,
         st: o.status.clone(),

@@ -545,3 +545,20 @@ fn transitions_users_are_told_of_go_to_the_webhook_as_in_local_mode() {
             .any(|a| matches!(a, Action::Event { reason, .. } if reason == "Started"))
     );
 }
+
+#[test]
+fn a_deployment_is_adopted_only_once_its_first_replicaset_exists() {
+    let mut c = Cluster::new();
+    c.deployment.template_hash = None;
+    let plan = c.look();
+    assert!(
+        plan.actions.is_empty(),
+        "not paused before its pods are being made: {:?}",
+        plan.actions
+    );
+    assert!(!c.deployment.paused);
+    c.deployment.template_hash = Some("h1".into());
+    c.look();
+    assert!(c.deployment.paused);
+    assert_eq!(c.status.stable_revision.as_deref(), Some("h1"));
+}
