@@ -353,4 +353,23 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn local_only_settings_are_refused_on_a_cluster_with_their_field() {
+        let healthcheck = "steps:\n- setWeight: 10\n- analysis: {metrics: [{name: up, provider: {healthcheck: {}}}]}\n";
+        let e = rollout_of("shop", &annotations(&[(ROLLOUT, healthcheck)])).unwrap_err();
+        assert!(
+            e.message.starts_with(
+                "steps[1].analysis.metrics[0].provider: healthcheck is for local mode"
+            ),
+            "{e}"
+        );
+        let delay = "steps:\n- setWeight: 10\nscaleDownDelay: 5m\n";
+        let e = rollout_of("shop", &annotations(&[(ROLLOUT, delay)])).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("scaleDownDelay: not for a Kubernetes rollout"),
+            "{e}"
+        );
+    }
 }

@@ -167,6 +167,37 @@ impl RolloutSpec {
                 ));
             }
         }
+        if !self.scale_down_delay.is_zero() {
+            return Err((
+                "scaleDownDelay".into(),
+                "not for a Kubernetes rollout: the old pods are replaced once drained (drainTimeout)"
+                    .into(),
+            ));
+        }
+        let step_metrics = self
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, step)| match step {
+                Step::Analysis(a) => Some((format!("steps[{i}].analysis"), &a.metrics)),
+                _ => None,
+            });
+        let background = self
+            .analysis
+            .iter()
+            .map(|a| ("analysis".to_string(), &a.metrics));
+        for (at, metrics) in step_metrics.chain(background) {
+            if let Some(j) = metrics
+                .iter()
+                .position(|m| matches!(m.provider, crate::analysis::ProviderSpec::Healthcheck(_)))
+            {
+                return Err((
+                    format!("{at}.metrics[{j}].provider"),
+                    "healthcheck is for local mode: on a cluster the pods' readiness already decides which endpoints get traffic"
+                        .into(),
+                ));
+            }
+        }
         self.validate_strategy()
     }
 
