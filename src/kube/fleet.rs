@@ -5,7 +5,7 @@
 //! builtin analysis judges like a local proxy's windows.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use prometheus_parse::{Scrape, Value};
 use super::controller::{Fleet, FleetWindows};
 use super::crd::Rollout;
 use super::plan::{CANARY, FleetView, STABLE};
-use super::routes::route_name;
+use super::routes::{ready_addresses, route_name};
 use crate::httpclient::{HttpClient, HttpRequest};
 use crate::metrics::VersionStats;
 
@@ -154,19 +154,7 @@ impl ProxyFleet {
         let mut addrs: Vec<SocketAddr> = slices
             .items
             .iter()
-            .flat_map(|s| {
-                let port = s
-                    .ports
-                    .iter()
-                    .flatten()
-                    .find(|p| p.name.as_deref() == Some(ADMIN_PORT))
-                    .and_then(|p| u16::try_from(p.port?).ok());
-                s.endpoints
-                    .iter()
-                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-                    .flat_map(|e| e.addresses.iter())
-                    .filter_map(move |a| Some(SocketAddr::new(a.parse::<IpAddr>().ok()?, port?)))
-            })
+            .flat_map(|s| ready_addresses(s, Some(ADMIN_PORT)))
             .collect();
         addrs.sort();
         addrs.dedup();

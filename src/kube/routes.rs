@@ -129,23 +129,31 @@ fn ready_endpoints(
             s.namespace().as_deref() == Some(namespace)
                 && s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(service)
         })
-        .flat_map(|s| {
-            let port = s
-                .ports
-                .iter()
-                .flatten()
-                .find_map(|p| p.port)
-                .and_then(|p| u16::try_from(p).ok());
-            s.endpoints
-                .iter()
-                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-                .flat_map(|e| e.addresses.iter())
-                .filter_map(move |a| Some(SocketAddr::new(a.parse::<IpAddr>().ok()?, port?)))
-        })
+        .flat_map(|s| ready_addresses(s, None))
         .collect();
     out.sort();
     out.dedup();
     out
+}
+
+/// The ready endpoints of one slice as `address:port`, on the port named `port_name` (the
+/// first port when None). Terminating endpoints are never ready.
+pub fn ready_addresses<'a>(
+    slice: &'a EndpointSlice,
+    port_name: Option<&'a str>,
+) -> impl Iterator<Item = SocketAddr> + 'a {
+    let port = slice
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| port_name.is_none_or(|name| p.name.as_deref() == Some(name)))
+        .and_then(|p| u16::try_from(p.port?).ok());
+    slice
+        .endpoints
+        .iter()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .flat_map(|e| e.addresses.iter())
+        .filter_map(move |a| Some(SocketAddr::new(a.parse::<IpAddr>().ok()?, port?)))
 }
 
 #[cfg(test)]
