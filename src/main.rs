@@ -245,10 +245,7 @@ fn main() -> ExitCode {
                     .await
                     .map_err(|e| e.message)?;
                 let process = ClusterProxy::start(&config, client, namespace).await?;
-                for (name, addr) in &process.listeners {
-                    tracing::info!(listener = %name, %addr, "listening");
-                }
-                tracing::info!(addr = %process.admin_addr, "admin listening (/metrics, /routes, /healthz)");
+                log_listening(&process.listeners, process.admin_addr);
                 process.run_until_signal(signals).await;
                 Ok(())
             })
@@ -259,10 +256,7 @@ fn main() -> ExitCode {
             run_async(async move {
                 let signals = Signals::install()?;
                 let process = ProxyProcess::start(&config).await?;
-                for (name, addr) in &process.listeners {
-                    tracing::info!(listener = %name, %addr, "listening");
-                }
-                tracing::info!(addr = %process.admin_addr, "admin listening (/metrics, /routes, /healthz)");
+                log_listening(&process.listeners, process.admin_addr);
                 process.run_until_signal(signals).await;
                 Ok(())
             })
@@ -327,6 +321,13 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+fn log_listening(listeners: &[(String, std::net::SocketAddr)], admin: std::net::SocketAddr) {
+    for (name, addr) in listeners {
+        tracing::info!(listener = %name, %addr, "listening");
+    }
+    tracing::info!(addr = %admin, "admin listening (/metrics, /routes, /healthz)");
 }
 
 /// The flag's log format, else the config's, else human.

@@ -119,10 +119,7 @@ impl ProxyProcess {
 
     /// The bound address of listener `name`.
     pub fn listener(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+        listener_addr(&self.listeners, name)
     }
 
     /// Stops accepting, lets in-flight requests and tunnels finish (up to the drain timeout), stops.
@@ -143,6 +140,11 @@ impl ProxyProcess {
         self.shutdown().await;
         tracing::info!("stopped");
     }
+}
+
+/// The address listener `name` is bound to, among (name, address) pairs.
+pub fn listener_addr(listeners: &[(String, SocketAddr)], name: &str) -> Option<SocketAddr> {
+    listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
 }
 
 /// Stops accepting, lets in-flight requests and tunnels finish (up to the drain timeout),

@@ -111,8 +111,8 @@ async fn mark_invalid(
     Ok(())
 }
 
-/// Follows every Deployment (in `namespace`, or all) while `leading` says this process
-/// leads; returns when it stops leading.
+/// Follows every Deployment (in `namespace`, or all) until dropped; the controller runs it
+/// only while this process leads.
 pub async fn run(client: Client, namespace: Option<String>, recorder: Recorder) {
     let api: Api<Deployment> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyHandle, ProxySettings};
 use crate::proxy_config::ProxyConfig;
 use crate::routing::{RouteSource, SourceFuture, TablePublisher};
-use crate::runtime::{Bound, Signals, StartError, drain};
+use crate::runtime::{Bound, Signals, StartError, drain, listener_addr};
 
 /// Routes from the cluster: the config file's own routes first, then one per Rollout.
 pub struct ClusterRoutes {
@@ -196,10 +196,7 @@ impl ClusterProxy {
 
     /// The bound address of listener `name`.
     pub fn listener(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+        listener_addr(&self.listeners, name)
     }
 
     /// Stops accepting, lets in-flight requests and tunnels finish, stops.
