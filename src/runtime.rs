@@ -100,6 +100,8 @@ impl ProxyProcess {
                     metrics: metrics.clone(),
                     controller: Some(controller.clone()),
                     token,
+                    // The file's routes are in force from the start.
+                    ready: Arc::new(true.into()),
                 },
             )),
             tokio::spawn(reloader.clone().watch()),

@@ -29,6 +29,7 @@ const LEASE: Duration = Duration::from_secs(3);
 struct Controller {
     task: JoinHandle<()>,
     workloads: Arc<SimWorkloads>,
+    ctx: Arc<Context>,
 }
 
 async fn start(client: &Client, ns: &str, identity: &str, cluster: &Arc<SimCluster>) -> Controller {
@@ -49,13 +50,17 @@ async fn start(client: &Client, ns: &str, identity: &str, cluster: &Arc<SimClust
     );
     let rollouts: Api<Rollout> = Api::namespaced(client.clone(), ns);
     let task = tokio::spawn(controller::run(
-        ctx,
+        ctx.clone(),
         leadership,
         rollouts,
         controller::Annotated::Ignored,
         std::future::pending(),
     ));
-    Controller { task, workloads }
+    Controller {
+        task,
+        workloads,
+        ctx,
+    }
 }
 
 async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
@@ -171,6 +176,24 @@ async fn the_controller_drives_a_rollout_and_a_successor_resumes_mid_step() {
         "waiting at `pause: {{}}` for promote"
     );
     assert!(second.workloads.calls.load(Ordering::SeqCst) > 0);
+
+    // The leader's /metrics shows the rollout as local mode does, named as the proxies name it.
+    let route = format!("{ns}.shop");
+    let metrics = eventually("the rollout in the leader's metrics", async || {
+        let mut out = String::new();
+        second.ctx.render_metrics(&mut out);
+        out.contains(&format!(
+            "tidegate_rollout_weight{{route=\"{route}\",version=\"canary\"}} 50"
+        ))
+        .then_some(out)
+    })
+    .await;
+    for line in [
+        format!("tidegate_rollout_phase{{route=\"{route}\",phase=\"Paused\"}} 1"),
+        format!("tidegate_rollout_step{{route=\"{route}\"}} 4"),
+    ] {
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
 
     // Every transition is a Kubernetes Event on the Rollout.
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);

@@ -136,6 +136,11 @@ async fn the_proxy_follows_the_status_weight_and_ready_endpoints_and_the_fleet_r
         async move { canary_weight_served(admin, &r).await == 20.0 }
     })
     .await;
+    assert_eq!(
+        common::get(&format!("http://{admin}/readyz")).await.0,
+        200,
+        "ready once the cluster's table is in force"
+    );
     // The split is exact: 20 of every 100 requests in a row.
     assert_eq!(canary_share(listener, 100).await, 20);
 
@@ -207,4 +212,28 @@ async fn put_proxy_slice(client: &Client, ns: &str, admin: SocketAddr) {
         .create(&PostParams::default(), &slice)
         .await
         .expect("proxy slice written");
+}
+
+/// A proxy that cannot reach the API server has no routes: it is alive but kept out of its
+/// Service until its first table from the cluster is in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_without_its_first_table_from_the_cluster_is_alive_but_not_ready() {
+    let nowhere = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
+    let client = Client::try_from(nowhere).expect("client");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        "listeners:\n  - name: http\n    listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n",
+    )
+    .expect("config written");
+    let proxy = ClusterProxy::start(&config, client, None)
+        .await
+        .expect("proxy starts");
+    let admin = proxy.admin_addr;
+    assert_eq!(common::get(&format!("http://{admin}/healthz")).await.0, 200);
+    let (status, body) = common::get(&format!("http://{admin}/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no route table yet"), "{body}");
+    proxy.shutdown().await;
 }

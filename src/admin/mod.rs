@@ -1,4 +1,4 @@
-//! The admin listener: `/metrics`, `/healthz`, the route table, and the rollout API.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, the route table, and the rollout API.
 
 mod api;
 mod auth;
@@ -6,6 +6,7 @@ mod auth;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -28,6 +29,9 @@ pub struct AdminState {
     pub controller: Option<Controller>,
     /// Bearer token commands must carry; None disables commands.
     pub token: Option<String>,
+    /// Set once the proxy has its first route table: until then it would answer 404 to
+    /// everything, so `/readyz` keeps it out of its Service.
+    pub ready: Arc<AtomicBool>,
 }
 
 /// Binds the admin address; serve it with `serve`.
@@ -70,7 +74,9 @@ fn respond(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> Res
     match (req.method(), path) {
         (&Method::GET, "/metrics") => {
             let mut out = String::with_capacity(16 * 1024);
-            state.metrics.render(&mut out);
+            // `?latency=fine`: what the controller of a cluster fleet scrapes.
+            let fine = req.uri().query() == Some("latency=fine");
+            state.metrics.render(&mut out, fine);
             state.routes.load().render_metrics(&mut out);
             if let Some(c) = &state.controller {
                 c.render_metrics(&mut out);
@@ -82,12 +88,20 @@ fn respond(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> Res
             )
         }
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/readyz") if state.ready.load(Ordering::Acquire) => {
+            reply(StatusCode::OK, "text/plain", "ready\n".into())
+        }
+        (&Method::GET, "/readyz") => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: no route table yet\n".into(),
+        ),
         (&Method::GET, "/routes") => reply(
             StatusCode::OK,
             "application/json",
             routes_json(&state.routes),
         ),
-        (_, "/metrics" | "/healthz" | "/routes") => reply(
+        (_, "/metrics" | "/healthz" | "/readyz" | "/routes") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "only GET\n".into(),
@@ -95,7 +109,7 @@ fn respond(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> Res
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /routes, /healthz\n".into(),
+            "not found: try /metrics, /routes, /healthz, /readyz\n".into(),
         ),
     }
 }

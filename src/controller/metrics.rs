@@ -10,14 +10,14 @@ use crate::metrics::{esc, header};
 use crate::rollout::{MeasurementResult, Phase, RolloutSpec, RolloutStatus, Step};
 
 /// What the metrics page shows of one rollout.
-pub(super) struct RolloutView<'a> {
+pub(crate) struct RolloutView<'a> {
     pub status: &'a RolloutStatus,
     pub versions: &'a [String],
     pub spec: &'a RolloutSpec,
 }
 
 #[derive(Default)]
-pub(super) struct RolloutCounters {
+pub(crate) struct RolloutCounters {
     /// (route, metric, outcome) -> measurements.
     verdicts: Mutex<BTreeMap<(String, String, &'static str), u64>>,
 }
@@ -34,7 +34,7 @@ fn outcome_label(o: Outcome) -> &'static str {
 impl RolloutCounters {
     /// Counts a measurement by its outcome; the sequential judge decides that outcome when
     /// it weighs the measurement into the metric's tally, so weigh it here the same way.
-    pub(super) fn count_verdict(
+    pub(crate) fn count_verdict(
         &self,
         route: &str,
         spec: &RolloutSpec,
@@ -70,7 +70,7 @@ impl RolloutCounters {
             .or_default() += 1;
     }
 
-    pub(super) fn render(&self, rollouts: &[RolloutView<'_>], out: &mut String) {
+    pub(crate) fn render(&self, rollouts: &[RolloutView<'_>], out: &mut String) {
         header(
             out,
             "tidegate_rollout_phase",

@@ -4,6 +4,8 @@
 mod effects;
 mod metrics;
 
+pub(crate) use metrics::{RolloutCounters, RolloutView};
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;

@@ -11,14 +11,17 @@ use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
 use super::crd::{COMMAND_ANNOTATION, CommandRequest, Rollout, RolloutResourceStatus};
 use super::leader::Leadership;
 use super::plan::{self, Action, FleetView, Observed};
+use super::routes::route_name;
 use super::workloads::{FIELD_MANAGER, Workloads};
 use crate::analysis::{self, MeasureContext, Reading, Vars, judge};
+use crate::controller::{RolloutCounters, RolloutView};
 use crate::metrics::VersionStats;
 use crate::rollout::{MeasureRequest, MeasurementResult};
 
@@ -62,6 +65,10 @@ pub struct Context {
     pub leading: tokio::sync::watch::Receiver<bool>,
     /// Measurements back from their providers, by rollout uid, for the next look.
     measured: Mutex<HashMap<String, Vec<MeasurementResult>>>,
+    /// Analysis verdicts by outcome, for /metrics.
+    counters: RolloutCounters,
+    /// The Rollouts as the leading controller last saw them, for /metrics.
+    seen: Mutex<Option<Store<Rollout>>>,
 }
 
 impl Context {
@@ -83,11 +90,48 @@ impl Context {
             fleet,
             leading,
             measured: Mutex::new(HashMap::new()),
+            counters: RolloutCounters::default(),
+            seen: Mutex::new(None),
         })
     }
 
+    /// The rollout metrics of local mode (phase, weights, step, verdicts, the sequential
+    /// judge's statistic), labelled `route="<namespace>.<name>"` as the proxies label theirs.
+    /// Only while leading: the other replicas' copies would be stale.
+    pub fn render_metrics(&self, out: &mut String) {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(store) = seen.as_ref().filter(|_| self.leads_now()) else {
+            return;
+        };
+        let rollouts: Vec<(Arc<Rollout>, crate::rollout::RolloutStatus)> = store
+            .state()
+            .into_iter()
+            .filter_map(|r| {
+                let mut status = r.status.as_ref()?.rollout.clone()?;
+                status.route = route_name(&r);
+                Some((r, status))
+            })
+            .collect();
+        drop(seen);
+        let versions = [plan::STABLE.to_string(), plan::CANARY.to_string()];
+        let views: Vec<RolloutView<'_>> = rollouts
+            .iter()
+            .map(|(r, status)| RolloutView {
+                status,
+                versions: &versions,
+                spec: &r.spec.strategy,
+            })
+            .collect();
+        self.counters.render(&views, out);
+    }
+
+    /// True while this process leads.
+    pub fn leads_now(&self) -> bool {
+        *self.leading.borrow()
+    }
+
     fn leads(&self) -> Result<(), ReconcileError> {
-        if *self.leading.borrow() {
+        if self.leads_now() {
             Ok(())
         } else {
             Err(ReconcileError::NotLeader)
@@ -137,7 +181,9 @@ async fn lead(
     loop {
         leadership.became_leader().await;
         tracing::info!("leading: reconciling rollouts");
-        let controller = Controller::new(rollouts.clone(), watcher::Config::default())
+        let controller = Controller::new(rollouts.clone(), watcher::Config::default());
+        *ctx.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(controller.store());
+        let controller = controller
             .run(reconcile, error_policy, ctx.clone())
             .for_each(|r| async move {
                 if let Err(e) = r {
@@ -209,6 +255,13 @@ pub async fn reconcile(
     };
     let fleet = ctx.fleet.observe(&rollout);
     let uid = rollout.uid().unwrap_or_default();
+    let measurements = ctx.take_measured(&uid);
+    if let Some(record) = &status.rollout {
+        for m in &measurements {
+            ctx.counters
+                .count_verdict(&route_name(&rollout), &rollout.spec.strategy, record, m);
+        }
+    }
     let asked: Option<CommandRequest> = rollout
         .annotations()
         .get(COMMAND_ANNOTATION)
@@ -222,7 +275,7 @@ pub async fn reconcile(
         canary: workload.canary.as_ref(),
         stable_service: workload.stable_service.as_deref(),
         fleet: &fleet,
-        measurements: ctx.take_measured(&uid),
+        measurements,
         command: asked.as_ref(),
     });
     let mut st = plan.status;
@@ -259,8 +312,7 @@ pub async fn reconcile(
                 message,
             } => publish(&ctx, &rollout, warning, &reason, message).await,
             Action::Notify { webhook, event } => {
-                let route =
-                    super::routes::route_name(&rollout.namespace().unwrap_or_default(), &name);
+                let route = route_name(&rollout);
                 tokio::spawn(async move {
                     let payload = crate::notify::NotifyPayload::new(&route, &event);
                     if let Err(e) = crate::notify::post_event(&webhook, &payload).await {

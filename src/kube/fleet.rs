@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use prometheus_parse::{Scrape, Value};
 
 use super::controller::{Fleet, FleetWindows};
@@ -19,7 +19,8 @@ use super::crd::Rollout;
 use super::plan::{CANARY, FleetView, STABLE};
 use super::routes::{ready_addresses, route_name};
 use crate::httpclient::{HttpClient, HttpRequest};
-use crate::metrics::VersionStats;
+use crate::metrics::window::ServedCounts;
+use crate::metrics::{FINE_LATENCY, VersionStats};
 
 /// The label selector that finds the proxies' admin endpoints by default.
 pub const DEFAULT_PROXY_SELECTOR: &str = "tidegate.dev/proxy-admin=true";
@@ -37,7 +38,10 @@ struct VersionReport {
     healthy_endpoints: u32,
     /// Responses since the proxy started, by status class.
     by_class: [u64; 5],
-    /// Cumulative latency histogram: (upper bound in µs, responses at or under it).
+    /// Error responses since the proxy started, by code.
+    by_code: BTreeMap<u16, u64>,
+    /// Cumulative latency histogram: (upper bound in µs, responses at or under it), the fine
+    /// one when the proxy serves it.
     latency: Vec<(u64, u64)>,
 }
 
@@ -111,15 +115,15 @@ impl ProxyFleet {
             if let Some(before) = state.proxies.get(&addr) {
                 for (key, now_seen) in &report {
                     let before = before.get(key).cloned().unwrap_or_default();
-                    let (by_class, latencies) = served_since(&before, now_seen);
-                    if by_class.iter().any(|n| *n > 0) {
+                    let served = served_since(&before, now_seen);
+                    if !served.is_empty() {
                         let stats = state.stats.entry(key.clone()).or_insert_with(|| {
                             Arc::new(VersionStats::new(
                                 key.0.as_str().into(),
                                 key.1.as_str().into(),
                             ))
                         });
-                        stats.add_counts(now, &by_class, &latencies);
+                        stats.add_counts(now, &served);
                     }
                 }
             }
@@ -162,7 +166,7 @@ impl ProxyFleet {
     }
 
     async fn scrape_one(&self, addr: SocketAddr) -> Option<ProxyReport> {
-        let url = format!("http://{addr}/metrics");
+        let url = format!("http://{addr}/metrics?latency=fine");
         let req = HttpRequest::get(url).timeout(SCRAPE_TIMEOUT);
         match self.http.send(req).await.and_then(|r| r.error_for_status()) {
             Ok(r) => parse_report(&String::from_utf8_lossy(&r.body)),
@@ -180,19 +184,13 @@ impl ProxyFleet {
 
 impl Fleet for ProxyFleet {
     fn observe(&self, rollout: &Rollout) -> FleetView {
-        let route = route_name(
-            &rollout.namespace().unwrap_or_default(),
-            &rollout.name_any(),
-        );
+        let route = route_name(rollout);
         let state = self.lock();
         view(&state.proxies, state.unreachable, &route)
     }
 
     fn windows(&self, rollout: &Rollout) -> Option<FleetWindows> {
-        let route = route_name(
-            &rollout.namespace().unwrap_or_default(),
-            &rollout.name_any(),
-        );
+        let route = route_name(rollout);
         let mut state = self.lock();
         let mut stats = |version: &str| {
             state
@@ -254,6 +252,7 @@ fn view(proxies: &BTreeMap<SocketAddr, ProxyReport>, unreachable: usize, route: 
 fn parse_report(text: &str) -> Option<ProxyReport> {
     let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).ok()?;
     let mut report = ProxyReport::new();
+    let mut fine = HashMap::new();
     for s in scrape.samples {
         let (Some(route), Some(version)) = (s.labels.get("route"), s.labels.get("version")) else {
             continue;
@@ -274,28 +273,48 @@ fn parse_report(text: &str) -> Option<ProxyReport> {
                     r.by_class[i - 1] = *n as u64;
                 }
             }
+            ("tidegate_responses_by_code_total", Value::Counter(n)) => {
+                if let Some(code) = s.labels.get("code").and_then(|c| c.parse().ok()) {
+                    r.by_code.insert(code, *n as u64);
+                }
+            }
             ("tidegate_request_duration_seconds", Value::Histogram(buckets)) => {
-                r.latency = buckets
-                    .iter()
-                    .map(|b| {
-                        let micros = if b.less_than.is_finite() {
-                            (b.less_than * 1e6) as u64
-                        } else {
-                            u64::MAX
-                        };
-                        (micros, b.count as u64)
-                    })
-                    .collect();
+                r.latency = cumulative_micros(buckets);
+            }
+            (FINE_LATENCY, Value::Histogram(buckets)) => {
+                fine.insert(
+                    (route.to_string(), version.to_string()),
+                    cumulative_micros(buckets),
+                );
             }
             _ => {}
         }
     }
+    for (key, latency) in fine {
+        report.entry(key).or_default().latency = latency;
+    }
     Some(report)
 }
 
-/// What a proxy served between two scrapes: responses by class, and latencies as (upper
-/// bound in µs, responses) for the buckets that grew. A proxy that restarted counts from 0.
-fn served_since(before: &VersionReport, now: &VersionReport) -> ([u64; 5], Vec<(u64, u64)>) {
+/// A histogram's buckets as (upper bound in µs, cumulative count); +Inf is `u64::MAX`.
+fn cumulative_micros(buckets: &[prometheus_parse::HistogramCount]) -> Vec<(u64, u64)> {
+    buckets
+        .iter()
+        .map(|b| {
+            let micros = if b.less_than.is_finite() {
+                (b.less_than * 1e6).round() as u64
+            } else {
+                u64::MAX
+            };
+            (micros, b.count as u64)
+        })
+        .collect()
+}
+
+/// What a proxy served between two scrapes: responses by class and by code, and latencies
+/// as (upper bound in µs, responses) for the buckets that grew. A proxy that restarted
+/// counts from 0.
+fn served_since(before: &VersionReport, now: &VersionReport) -> ServedCounts {
     let restarted = now
         .by_class
         .iter()
@@ -304,11 +323,23 @@ fn served_since(before: &VersionReport, now: &VersionReport) -> ([u64; 5], Vec<(
     let base = |b: u64| if restarted { 0 } else { b };
     let by_class =
         std::array::from_fn(|i| now.by_class[i] - base(before.by_class[i]).min(now.by_class[i]));
+    let by_code = now
+        .by_code
+        .iter()
+        .map(|(code, n)| {
+            let was = before.by_code.get(code).map_or(0, |b| base(*b));
+            (*code, n - was.min(*n))
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    // The fine histogram lists only the buckets that counted something: a bound missing
+    // before held what the nearest bound below it held.
     let cumulative_before = |bound: u64| {
         before
             .latency
             .iter()
-            .find(|(b, _)| *b == bound)
+            .take_while(|(b, _)| *b <= bound)
+            .last()
             .map_or(0, |(_, n)| base(*n))
     };
     let mut latencies = Vec::new();
@@ -331,7 +362,11 @@ fn served_since(before: &VersionReport, now: &VersionReport) -> ([u64; 5], Vec<(
             latencies.push((micros, n));
         }
     }
-    (by_class, latencies)
+    ServedCounts {
+        by_class,
+        by_code,
+        latencies,
+    }
 }
 
 #[cfg(test)]
@@ -404,17 +439,54 @@ tidegate_endpoint_healthy{route="shop.web",version="stable",endpoint="10.0.0.2:8
         let mut now = before.clone();
         now.by_class = [0, 100, 0, 0, 12];
         now.latency = vec![(1000, 55), (10_000, 106), (u64::MAX, 112)];
-        let (by_class, latencies) = served_since(&before, &now);
-        assert_eq!(by_class, [0, 10, 0, 0, 2]);
-        assert_eq!(latencies, [(1000, 5), (10_000, 6), (20_000, 1)]);
+        now.by_code.insert(503, 2);
+        let served = served_since(&before, &now);
+        assert_eq!(served.by_class, [0, 10, 0, 0, 2]);
+        assert_eq!(served.by_code, [(503, 2)]);
+        assert_eq!(served.latencies, [(1000, 5), (10_000, 6), (20_000, 1)]);
         // Counters that went down: the proxy restarted, and everything it counted is new.
         let restarted = VersionReport {
             by_class: [0, 4, 0, 0, 0],
             latency: vec![(1000, 4), (10_000, 4), (u64::MAX, 4)],
             ..Default::default()
         };
-        let (by_class, latencies) = served_since(&before, &restarted);
-        assert_eq!(by_class, [0, 4, 0, 0, 0]);
-        assert_eq!(latencies, [(1000, 4)]);
+        let served = served_since(&before, &restarted);
+        assert_eq!(served.by_class, [0, 4, 0, 0, 0]);
+        assert_eq!(served.latencies, [(1000, 4)]);
+    }
+
+    #[test]
+    fn the_fleet_counts_codes_and_latencies_as_finely_as_the_proxy_that_served_them() {
+        let proxy = crate::metrics::Metrics::default();
+        let served = proxy.version("shop.web", "canary");
+        let start = 5_000;
+        for i in 0..1000u64 {
+            let status = if i % 50 == 0 { 503 } else { 200 };
+            served.record_at(status, Duration::from_micros(900 + i * 7), start);
+        }
+        let scrape = |m: &crate::metrics::Metrics| {
+            let mut out = String::new();
+            m.render(&mut out, true);
+            parse_report(&out).unwrap()[&key("canary")].clone()
+        };
+        let first = scrape(&proxy);
+        served.record_at(429, Duration::from_micros(40_000), start);
+        let second = scrape(&proxy);
+
+        let fleet = VersionStats::new("shop.web".into(), "canary".into());
+        fleet.add_counts(start, &served_since(&VersionReport::default(), &first));
+        fleet.add_counts(start, &served_since(&first, &second));
+        let (theirs, ours) = (
+            served.window(start, Duration::from_secs(1), 0),
+            fleet.window(start, Duration::from_secs(1), 0),
+        );
+        use crate::metrics::window::StatusCounts;
+        for code in [503, 429, 500] {
+            assert_eq!(ours.with_code(code), theirs.with_code(code), "{code}");
+        }
+        assert_eq!(ours.with_code(503), 20);
+        for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
+            assert_eq!(ours.latency_quantile(q), theirs.latency_quantile(q), "q{q}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! annotated Deployments, the proxy fleet's scrapes, and the probe endpoints together.
 
 use std::convert::Infallible;
+use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,20 +50,19 @@ pub async fn run(client: Client, options: ControllerOptions) -> std::io::Result<
         &options.identity,
         LeaseTiming::new(LEASE),
     );
-    let leading = leadership.watch();
     let fleet = ProxyFleet::new(client.clone(), None, &options.proxy_selector);
     let ctx = Context::new(
         client.clone(),
         Arc::new(KubeWorkloads::new(client.clone())),
         fleet.clone(),
         &options.identity,
-        leading.clone(),
+        leadership.watch(),
     );
     let rollouts: Api<Rollout> = match &options.namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
-    tokio::spawn(serve_probes(probes, leading));
+    tokio::spawn(serve_probes(probes, ctx.clone()));
     tokio::spawn(fleet.run());
     let annotated = Annotated::In(options.namespace.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -77,20 +77,18 @@ pub async fn run(client: Client, options: ControllerOptions) -> std::io::Result<
 }
 
 /// `/healthz`: the process runs. `/readyz`: it contends for the lease (every replica is
-/// ready, leader or not). `/metrics`: whether this replica leads.
-async fn serve_probes(
-    listener: tokio::net::TcpListener,
-    leading: tokio::sync::watch::Receiver<bool>,
-) {
+/// ready, leader or not). `/metrics`: whether this replica leads, and on the leader the
+/// rollouts' metrics.
+async fn serve_probes(listener: tokio::net::TcpListener, ctx: Arc<Context>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let leading = leading.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let leads = *leading.borrow();
-                async move { Ok::<_, Infallible>(probe(&req, leads)) }
+                let resp = probe(&req, &ctx);
+                async move { Ok::<_, Infallible>(resp) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -99,17 +97,25 @@ async fn serve_probes(
     }
 }
 
-fn probe(req: &Request<Incoming>, leads: bool) -> Response<Full<Bytes>> {
+fn probe(req: &Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz" | "/readyz") => (StatusCode::OK, "ok\n".to_string()),
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            format!(
-                "# HELP tidegate_controller_leader 1 while this replica leads and acts.\n\
-                 # TYPE tidegate_controller_leader gauge\ntidegate_controller_leader {}\n",
-                u8::from(leads)
-            ),
-        ),
+        (&Method::GET, "/metrics") => {
+            let mut out = String::new();
+            crate::metrics::header(
+                &mut out,
+                "tidegate_controller_leader",
+                "gauge",
+                "1 while this replica leads and acts.",
+            );
+            let _ = writeln!(
+                out,
+                "tidegate_controller_leader {}",
+                u8::from(ctx.leads_now())
+            );
+            ctx.render_metrics(&mut out);
+            (StatusCode::OK, out)
+        }
         _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
     };
     Response::builder()

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, StreamExt};
@@ -34,6 +35,8 @@ pub struct ClusterRoutes {
     admin: SocketAddr,
     /// Rollouts whose route was refused, with why: each is logged once, not at every change.
     refused: Mutex<BTreeSet<(String, String)>>,
+    /// Set once the first table from the cluster is published (`/readyz`).
+    ready: Arc<AtomicBool>,
 }
 
 impl ClusterRoutes {
@@ -51,7 +54,13 @@ impl ClusterRoutes {
             file,
             admin,
             refused: Mutex::default(),
+            ready: Arc::default(),
         }
+    }
+
+    /// Whether the first table from the cluster is in force.
+    pub fn ready(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
     }
 
     fn api<K>(&self) -> Api<K>
@@ -108,6 +117,9 @@ impl ClusterRoutes {
         }
         for e in self.publisher.replace_config_and_weights(config, weights) {
             tracing::warn!(error = %e, "weights from the cluster refused");
+        }
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            tracing::info!("first route table from the cluster in force: ready");
         }
     }
 
@@ -180,6 +192,7 @@ impl ClusterProxy {
                     metrics: metrics.clone(),
                     controller: None,
                     token: None,
+                    ready: source.ready(),
                 },
             )),
             tokio::spawn(source.watch()),

@@ -28,9 +28,14 @@ pub struct ClusterRoute {
     pub weights: Option<Vec<(String, WeightBps)>>,
 }
 
-/// The route name of a Rollout: `<namespace>.<name>`, unique across namespaces.
-pub fn route_name(namespace: &str, name: &str) -> String {
-    format!("{namespace}.{name}")
+/// The route name of a Rollout: `<namespace>.<name>`, unique across namespaces. Proxies,
+/// metrics and notifications all name a rollout so.
+pub fn route_name(rollout: &Rollout) -> String {
+    format!(
+        "{}.{}",
+        rollout.namespace().unwrap_or_default(),
+        rollout.name_any()
+    )
 }
 
 /// The routes of these Rollouts, most specific match first (a host before none, a longer
@@ -44,7 +49,7 @@ pub fn cluster_routes(
     let mut refused = Vec::new();
     for r in rollouts.iter().map(Borrow::borrow) {
         let namespace = r.namespace().unwrap_or_default();
-        let name = route_name(&namespace, &r.name_any());
+        let name = route_name(r);
         let service = &r.spec.workload_ref.name;
         let endpoints =
             |track: &str| ready_endpoints(slices, &namespace, &format!("{service}-{track}"));

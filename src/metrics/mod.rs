@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-pub use version::{ActiveGuard, LATENCY_BOUNDS, VersionStats};
+pub use version::{ActiveGuard, LATENCY_BOUNDS, VersionStats, VersionTotals};
 pub use window::WindowSnapshot;
 
 /// Why tidegate answered a request itself instead of relaying the upstream's answer.
@@ -117,8 +117,11 @@ impl Metrics {
         self.tls_reloads[result as usize].fetch_add(1, Relaxed);
     }
 
-    /// Prometheus text exposition of everything counted here.
-    pub fn render(&self, out: &mut String) {
+    /// Prometheus text exposition of everything counted here. With `fine_latency`, also
+    /// each version's latency in the analysis window's fine buckets (four per doubling),
+    /// which a controller reads to judge a fleet as finely as a proxy judges itself; too
+    /// many series for a dashboard, so only on request.
+    pub fn render(&self, out: &mut String, fine_latency: bool) {
         let versions: Vec<Arc<VersionStats>> = {
             let map = self.versions.lock().unwrap_or_else(|p| p.into_inner());
             map.values().cloned().collect()
@@ -141,6 +144,25 @@ impl Metrics {
                     i + 1
                 );
             }
+        }
+        header(
+            out,
+            "tidegate_responses_by_code_total",
+            "counter",
+            "Error responses sent to clients (400-431, 500-511), by route, version and code.",
+        );
+        for (v, t) in &totals {
+            for (code, n) in &t.by_code {
+                let _ = writeln!(
+                    out,
+                    "tidegate_responses_by_code_total{{route=\"{}\",version=\"{}\",code=\"{code}\"}} {n}",
+                    esc(&v.route),
+                    esc(&v.version),
+                );
+            }
+        }
+        if fine_latency {
+            render_fine_latency(&totals, out);
         }
         header(
             out,
@@ -269,6 +291,43 @@ impl Metrics {
         }
     }
 }
+
+/// The fine latency histogram: only buckets that counted something (cumulative counts stay
+/// exact without the empty ones).
+fn render_fine_latency(totals: &[(&Arc<VersionStats>, VersionTotals)], out: &mut String) {
+    header(
+        out,
+        FINE_LATENCY,
+        "histogram",
+        "Time to response headers in fine buckets (four per doubling), for the controller's judge.",
+    );
+    for (v, t) in totals {
+        let labels = format!(
+            "route=\"{}\",version=\"{}\"",
+            esc(&v.route),
+            esc(&v.version)
+        );
+        let mut cumulative = 0;
+        for (micros, n) in &t.latency_fine {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "{FINE_LATENCY}_bucket{{{labels},le=\"{}\"}} {cumulative}",
+                *micros as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{FINE_LATENCY}_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = t.latency_sum.as_secs_f64();
+        let _ = writeln!(out, "{FINE_LATENCY}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{FINE_LATENCY}_count{{{labels}}} {cumulative}");
+    }
+}
+
+/// The histogram `render` adds on request (`fine_latency`).
+pub const FINE_LATENCY: &str = "tidegate_request_duration_fine_seconds";
 
 /// Writes the HELP and TYPE lines of a metric family.
 pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -4,7 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use super::window::{SecondCounts, Window, WindowSnapshot};
+use super::window::{
+    DETAIL_CODES, LATENCY_BUCKETS, SecondCounts, ServedCounts, Window, WindowSnapshot,
+    bucket_upper_micros, detail_code, detail_index, latency_bucket,
+};
 use crate::clock;
 
 /// Prometheus histogram bucket bounds, in seconds.
@@ -22,6 +25,11 @@ pub struct VersionStats {
     pub route: Arc<str>,
     pub version: Arc<str>,
     by_class: [AtomicU64; 5],
+    /// Responses by the codes counted one by one (`detail_index`).
+    by_code: [AtomicU64; DETAIL_CODES],
+    /// Responses by the window's fine latency buckets (`latency_bucket`), for a controller
+    /// that judges a fleet as finely as one proxy judges itself.
+    latency_fine: [AtomicU64; LATENCY_BUCKETS],
     /// Non-cumulative bucket counts; the last one is +Inf.
     latency_buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
     latency_sum_micros: AtomicU64,
@@ -52,6 +60,10 @@ impl Drop for ActiveGuard {
 /// A point-in-time copy of the counters, for rendering.
 pub struct VersionTotals {
     pub by_class: [u64; 5],
+    /// (status code, responses) for the codes counted one by one that occurred.
+    pub by_code: Vec<(u16, u64)>,
+    /// (upper bound in µs, responses) for the fine latency buckets that are not empty.
+    pub latency_fine: Vec<(u64, u64)>,
     pub latency_buckets: [u64; LATENCY_BOUNDS.len() + 1],
     pub latency_sum: Duration,
     pub connect_errors: u64,
@@ -63,6 +75,8 @@ impl VersionStats {
             route,
             version,
             by_class: Default::default(),
+            by_code: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_fine: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_buckets: Default::default(),
             latency_sum_micros: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
@@ -83,19 +97,22 @@ impl VersionStats {
     pub fn record_at(&self, status: u16, latency: Duration, now_ms: u64) {
         let micros = latency.as_micros() as u64;
         self.by_class[usize::from(status / 100).clamp(1, 5) - 1].fetch_add(1, Relaxed);
+        if let Some(i) = detail_index(status) {
+            self.by_code[i].fetch_add(1, Relaxed);
+        }
+        self.latency_fine[latency_bucket(micros)].fetch_add(1, Relaxed);
         let b = BOUNDS_MICROS.partition_point(|&bound| bound < micros);
         self.latency_buckets[b].fetch_add(1, Relaxed);
         self.latency_sum_micros.fetch_add(micros, Relaxed);
         self.window.record(now_ms, status, micros);
     }
 
-    /// Adds responses the proxies of a fleet counted (the controller sums their scrapes):
-    /// by status class, and latencies as (microseconds, responses) pairs.
-    pub fn add_counts(&self, now_ms: u64, by_class: &[u64; 5], latencies: &[(u64, u64)]) {
-        for (c, n) in self.by_class.iter().zip(by_class) {
+    /// Adds responses the proxies of a fleet counted (the controller sums their scrapes).
+    pub fn add_counts(&self, now_ms: u64, served: &ServedCounts) {
+        for (c, n) in self.by_class.iter().zip(&served.by_class) {
             c.fetch_add(*n, Relaxed);
         }
-        self.window.add(now_ms, by_class, latencies);
+        self.window.add(now_ms, served);
     }
 
     /// Marks a request active until the guard drops (with its response body or tunnel).
@@ -142,9 +159,21 @@ impl VersionStats {
     pub fn totals(&self) -> VersionTotals {
         VersionTotals {
             by_class: std::array::from_fn(|i| self.by_class[i].load(Relaxed)),
+            by_code: nonzero(&self.by_code, detail_code),
+            latency_fine: nonzero(&self.latency_fine, bucket_upper_micros),
             latency_buckets: std::array::from_fn(|i| self.latency_buckets[i].load(Relaxed)),
             latency_sum: Duration::from_micros(self.latency_sum_micros.load(Relaxed)),
             connect_errors: self.connect_errors.load(Relaxed),
         }
     }
+}
+
+/// (key of index, count) for the counters that are not 0.
+fn nonzero<K>(counters: &[AtomicU64], key: impl Fn(usize) -> K) -> Vec<(K, u64)> {
+    counters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (key(i), c.load(Relaxed)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }

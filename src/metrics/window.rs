@@ -32,7 +32,7 @@ pub fn bucket_upper_micros(i: usize) -> u64 {
 
 /// Client and server error codes counted one by one (400-431 and 500-511); other codes
 /// are counted by class only.
-const DETAIL_CODES: usize = 44;
+pub const DETAIL_CODES: usize = 44;
 
 /// Index of `status` among the codes counted one by one.
 pub fn detail_index(status: u16) -> Option<usize> {
@@ -40,6 +40,32 @@ pub fn detail_index(status: u16) -> Option<usize> {
         400..=431 => Some(usize::from(status - 400)),
         500..=511 => Some(32 + usize::from(status - 500)),
         _ => None,
+    }
+}
+
+/// The status code counted at `detail_index` `i`.
+pub fn detail_code(i: usize) -> u16 {
+    if i < 32 {
+        400 + i as u16
+    } else {
+        500 + (i - 32) as u16
+    }
+}
+
+/// Responses counted elsewhere (by the proxies of a fleet), added to a window as a whole.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServedCounts {
+    /// Responses by status class: index 0 is 1xx, 4 is 5xx.
+    pub by_class: [u64; 5],
+    /// (status code, responses) for the codes counted one by one.
+    pub by_code: Vec<(u16, u64)>,
+    /// (latency in µs, responses).
+    pub latencies: Vec<(u64, u64)>,
+}
+
+impl ServedCounts {
+    pub fn is_empty(&self) -> bool {
+        self.by_class.iter().all(|n| *n == 0)
     }
 }
 
@@ -83,14 +109,18 @@ impl Window {
         slot.latency[latency_bucket(latency_micros)].fetch_add(1, Relaxed);
     }
 
-    /// Adds responses counted elsewhere (by the proxies of a fleet) to the slot of `now_ms`:
-    /// by status class, and latencies as (microseconds, responses) pairs.
-    pub fn add(&self, now_ms: u64, by_class: &[u64; 5], latencies: &[(u64, u64)]) {
+    /// Adds responses counted elsewhere (by the proxies of a fleet) to the slot of `now_ms`.
+    pub fn add(&self, now_ms: u64, served: &ServedCounts) {
         let slot = self.slot(now_ms);
-        for (c, n) in slot.by_class.iter().zip(by_class) {
+        for (c, n) in slot.by_class.iter().zip(&served.by_class) {
             c.fetch_add(*n, Relaxed);
         }
-        for &(micros, n) in latencies {
+        for &(code, n) in &served.by_code {
+            if let Some(i) = detail_index(code) {
+                slot.by_code[i].fetch_add(n, Relaxed);
+            }
+        }
+        for &(micros, n) in &served.latencies {
             slot.latency[latency_bucket(micros)].fetch_add(n, Relaxed);
         }
     }
