@@ -19,7 +19,7 @@ use crate::rollout::{RolloutSpec, RolloutStatus};
     shortname = "tgr",
     category = "tidegate",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Step","type":"integer","jsonPath":".status.step"}"#,
+    printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.stepOf"}"#,
     printcolumn = r#"{"name":"Canary weight","type":"number","jsonPath":".status.canaryWeight"}"#,
     printcolumn = r#"{"name":"Stable","type":"string","jsonPath":".status.stableRevision"}"#,
     printcolumn = r#"{"name":"Canary","type":"string","jsonPath":".status.canaryRevision"}"#,
@@ -130,6 +130,10 @@ pub struct RolloutResourceStatus {
     /// `pod-template-hash` of the stable pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_revision: Option<String>,
+    /// The step the rollout is at, counted from 1 as the CLI counts, out of how many
+    /// (`2/4`): what `kubectl get rollouts` shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_of: Option<String>,
     /// tidegate's identity of the stable pod template: a Deployment template that differs
     /// is a canary to roll out.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -186,6 +186,10 @@ pub fn plan(o: &Observed) -> Plan {
     }
     p.services();
     p.conditions();
+    p.st.step_of = p.st.rollout.as_ref().map(|r| {
+        let steps = o.spec.strategy.steps.len();
+        format!("{}/{steps}", (r.step + 1).min(steps))
+    });
     Plan {
         status: p.st,
         actions: p.actions,

@@ -191,9 +191,15 @@ fn a_new_template_starts_a_rollout_whose_canary_follows_the_weight() {
         "10 % of 10 pods"
     );
     assert!(c.deployment.paused, "the Deployment does not roll");
+    assert_eq!(
+        c.status.step_of.as_deref(),
+        Some("2/4"),
+        "in the pause after `setWeight: 10`, counted from 1 as the CLI counts"
+    );
     c.settle(60 * SEC);
     c.look();
     assert_eq!(c.record().canary_weight, 5000);
+    assert_eq!(c.status.step_of.as_deref(), Some("4/4"));
     assert_eq!(c.canary.as_ref().map(|k| k.replicas), Some(5));
     assert_eq!(canary_size(3, 1), 1, "at least one pod");
     assert_eq!(canary_size(10, 2500), 3, "rounded up");
