@@ -137,14 +137,10 @@ struct AdminArgs {
     /// local tidegate: the command is recorded on the Rollout for whichever controller leads.
     #[arg(long)]
     kube: bool,
-    /// The Rollout's namespace, with `--kube`.
-    #[arg(
-        long,
-        short = 'n',
-        env = "TIDEGATE_NAMESPACE",
-        default_value = "default"
-    )]
-    namespace: String,
+    /// The Rollout's namespace, with `--kube`; by default the kubeconfig context's, as
+    /// kubectl does (or the pod's own, in a cluster).
+    #[arg(long, short = 'n', env = "TIDEGATE_NAMESPACE")]
+    namespace: Option<String>,
 }
 
 /// Where rollouts are read and commanded: a local tidegate's admin API, or the cluster.
@@ -157,7 +153,11 @@ impl Rollouts {
     async fn connect(args: &AdminArgs) -> Result<Rollouts, CliError> {
         if args.kube {
             let client = tidegate::kube::commands::client().await?;
-            return Ok(Rollouts::Kube(client, args.namespace.clone()));
+            let namespace = args
+                .namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_string());
+            return Ok(Rollouts::Kube(client, namespace));
         }
         Ok(Rollouts::Admin(AdminClient::new(
             &args.admin,

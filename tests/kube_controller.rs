@@ -307,6 +307,10 @@ async fn a_promotion_through_the_controller_ends_with_the_deployment_paused_on_t
 /// Runs the `tidegate` binary against the test API server: exit code, stdout, stderr.
 fn tidegate(args: &[&str]) -> (i32, String, String) {
     let kubeconfig = std::env::var("TIDEGATE_TEST_KUBECONFIG").expect("TIDEGATE_TEST_KUBECONFIG");
+    tidegate_with(&kubeconfig, args)
+}
+
+fn tidegate_with(kubeconfig: &str, args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
         .args(args)
         .env("KUBECONFIG", kubeconfig)
@@ -367,6 +371,26 @@ async fn cli_commands_with_kube_are_answered_by_the_leading_controller() {
     let status: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(status["phase"], "Paused");
     assert_eq!(status["canaryWeight"], 20.0);
+
+    // Without -n, the kubeconfig context's namespace, as kubectl does.
+    let test_kubeconfig = std::env::var("TIDEGATE_TEST_KUBECONFIG").expect("kubeconfig");
+    let text = std::fs::read_to_string(&test_kubeconfig).expect("kubeconfig read");
+    assert!(text.contains("namespace: default"), "{text}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let in_ns = dir.path().join("kubeconfig");
+    std::fs::write(
+        &in_ns,
+        text.replace("namespace: default", &format!("namespace: {ns}")),
+    )
+    .expect("kubeconfig written");
+    let in_ns = in_ns.to_string_lossy().into_owned();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        tidegate_with(&in_ns, &["status", "--kube", "-o", "json", "shop"])
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"Paused\""), "{out}");
 
     let (code, _, err) = run(&["resume", "--kube", "-n", "nowhere", "shop"]).await;
     assert_eq!(code, 1, "{err}");
