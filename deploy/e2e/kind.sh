@@ -40,7 +40,7 @@ work="$(mktemp -d)"
 passed=0
 cleanup() {
   local rc=$?
-  if [ "$passed" -ne 1 ] && kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+  if [ "$passed" -ne 1 ] && kind get clusters 2>/dev/null | grep -x "$CLUSTER" >/dev/null; then
     log "diagnostics (the run failed)"
     k -n "$APP_NS" get rollouts.tidegate.dev/demo -o yaml || true
     k -n "$APP_NS" get deployments,replicasets,pods,services,endpointslices -o wide || true
@@ -70,7 +70,7 @@ end=$(( $(date +%s) + 1800 ))
 n=0
 while [ ! -e /tmp/stop ] && [ "$(date +%s)" -lt "$end" ]; do
   rm -f /tmp/body
-  code=$(curl -s -o /tmp/body -m 5 -H "Host: $host" -w "%{http_code}" "$url") || true
+  code=$(curl -s -o /tmp/body -m 5 -H "Host: $host" -w "%{http_code}" "$url") || code="curl$?"
   body=$(cat /tmp/body 2>/dev/null | tr -cd "a-zA-Z0-9._-" | head -c 40)
   echo "${code:-000} ${body:--}"
   n=$((n + 1))
@@ -130,7 +130,7 @@ failed() { awk '$1 !~ /^2/' "$1" | wc -l | tr -d ' '; }
 # --- the Rollout's state --------------------------------------------------------------------
 
 state() {
-  k -n "$APP_NS" get rollouts.tidegate.dev/demo -o jsonpath='{.status.phase}|{.status.stableRevision}|{.status.promotion.stage}|{.status.step}|{.status.canaryWeight}|{.status.message}' 2>/dev/null || true
+  k -n "$APP_NS" get rollouts.tidegate.dev/demo -o jsonpath='{.status.phase}|{.status.stableRevision}|{.status.promotion.stage}|{.status.stepOf}|{.status.canaryWeight}|{.status.message}' 2>/dev/null || true
 }
 
 # wait_for DESCRIPTION TIMEOUT CHECK: polls the Rollout every second, printing each change,
@@ -171,7 +171,7 @@ aborted() { # the bad version is rolled back; promoting it is a failure
 # --- cluster, image, chart ----------------------------------------------------------------
 
 SECONDS=0
-if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+if kind get clusters 2>/dev/null | grep -x "$CLUSTER" >/dev/null; then
   log "deleting the existing cluster $CLUSTER"
   kind delete cluster --name "$CLUSTER"
 fi
@@ -189,7 +189,7 @@ kind load docker-image "$IMAGE" --name "$CLUSTER"
 log "installing the chart"
 helm install tidegate deploy/helm/tidegate --kube-context "$CONTEXT" \
   --namespace "$NS" --create-namespace \
-  --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" \
+  --set-string image.repository="${IMAGE%:*}" --set-string image.tag="${IMAGE##*:}" \
   --set image.pullPolicy=Never \
   --wait --timeout 5m
 k -n "$NS" get pods -o wide
