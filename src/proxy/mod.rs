@@ -11,6 +11,7 @@ mod body;
 mod drain;
 pub mod error;
 pub mod forwarding;
+pub mod h1;
 pub mod headers;
 mod idle;
 mod service;

@@ -1,0 +1,80 @@
+//! Where a parsed head's parts sit in its buffer, and the list-valued fields' token rules.
+
+/// A byte range of the buffer a head was parsed from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    /// The range of `part`, a slice of `buf`.
+    pub(super) fn within(buf: &[u8], part: &[u8]) -> Span {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        Span {
+            start: start as u32,
+            end: (start + part.len()) as u32,
+        }
+    }
+
+    pub fn of<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.start as usize..self.end as usize]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// One header field: its name and value in the buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Field {
+    pub name: Span,
+    pub value: Span,
+}
+
+impl Field {
+    pub fn is(&self, buf: &[u8], name: &str) -> bool {
+        self.name.of(buf).eq_ignore_ascii_case(name.as_bytes())
+    }
+}
+
+/// The elements of a comma-separated list value, trimmed of spaces and tabs, empty ones
+/// left out (RFC 9110 5.6.1).
+pub(super) fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
+        .map(trim)
+        .filter(|e| !e.is_empty())
+}
+
+pub(super) fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// A Content-Length value: one or more equal decimal numbers (`42` or `42, 42`); None for
+/// anything else (a sign, a space inside, hex, an overflow, an empty value).
+pub(super) fn content_length(value: &[u8]) -> Option<u64> {
+    let mut found = None;
+    let mut any = false;
+    for element in value.split(|b| *b == b',').map(trim) {
+        any = true;
+        if element.is_empty() || element.len() > 19 || !element.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = element
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        match found {
+            Some(m) if m != n => return None,
+            _ => found = Some(n),
+        }
+    }
+    any.then_some(found).flatten()
+}
