@@ -2,11 +2,10 @@
 //! judge's statistic with the counts behind it.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Mutex;
 
 use crate::analysis::Outcome;
-use crate::metrics::{esc, header};
+use crate::metrics::Family;
 use crate::rollout::{MeasurementResult, Phase, RolloutSpec, RolloutStatus, Step};
 
 /// What the metrics page shows of one rollout.
@@ -71,7 +70,7 @@ impl RolloutCounters {
     }
 
     pub(crate) fn render(&self, rollouts: &[RolloutView<'_>], out: &mut String) {
-        header(
+        let mut f = Family::new(
             out,
             "tidegate_rollout_phase",
             "gauge",
@@ -79,16 +78,11 @@ impl RolloutCounters {
         );
         for RolloutView { status: s, .. } in rollouts {
             for phase in Phase::ALL {
-                let _ = writeln!(
-                    out,
-                    "tidegate_rollout_phase{{route=\"{}\",phase=\"{}\"}} {}",
-                    esc(&s.route),
-                    phase.as_str(),
-                    u8::from(s.phase == phase)
-                );
+                let labels = [("route", s.route.as_str()), ("phase", phase.as_str())];
+                f.sample(&labels, u8::from(s.phase == phase));
             }
         }
-        header(
+        let mut f = Family::new(
             out,
             "tidegate_rollout_weight",
             "gauge",
@@ -101,30 +95,20 @@ impl RolloutCounters {
         } in rollouts
         {
             for (v, w) in s.weights(versions.iter().map(String::as_str)) {
-                let _ = writeln!(
-                    out,
-                    "tidegate_rollout_weight{{route=\"{}\",version=\"{}\"}} {}",
-                    esc(&s.route),
-                    esc(v),
-                    f64::from(w) / 100.0
-                );
+                let labels = [("route", s.route.as_str()), ("version", v)];
+                f.sample(&labels, f64::from(w) / 100.0);
             }
         }
-        header(
+        let mut f = Family::new(
             out,
             "tidegate_rollout_step",
             "gauge",
             "Index (from 1) of the step each rollout is at.",
         );
         for RolloutView { status: s, .. } in rollouts {
-            let _ = writeln!(
-                out,
-                "tidegate_rollout_step{{route=\"{}\"}} {}",
-                esc(&s.route),
-                s.step + 1
-            );
+            f.sample(&[("route", &s.route)], s.step + 1);
         }
-        header(
+        let mut f = Family::new(
             out,
             "tidegate_analysis_verdicts_total",
             "counter",
@@ -132,12 +116,12 @@ impl RolloutCounters {
         );
         let v = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
         for ((route, metric, outcome), n) in v.iter() {
-            let _ = writeln!(
-                out,
-                "tidegate_analysis_verdicts_total{{route=\"{}\",metric=\"{}\",outcome=\"{outcome}\"}} {n}",
-                esc(route),
-                esc(metric)
-            );
+            let labels = [
+                ("route", route.as_str()),
+                ("metric", metric),
+                ("outcome", outcome),
+            ];
+            f.sample(&labels, n);
         }
         drop(v);
         render_sequential(rollouts, out);
@@ -146,11 +130,39 @@ impl RolloutCounters {
 
 /// The sequential judge of every running analysis: e-value, threshold, and what it weighed.
 fn render_sequential(rollouts: &[RolloutView<'_>], out: &mut String) {
-    let mut evalue = String::new();
-    let mut threshold = String::new();
-    let mut requests = String::new();
-    let mut events = String::new();
-    let mut expected = String::new();
+    // One buffer per family, filled in one pass over the analyses, then written in order.
+    let mut buffers: [String; 5] = Default::default();
+    let [evalue, threshold, requests, events, expected] = &mut buffers;
+    let mut evalue = Family::new(
+        evalue,
+        "tidegate_analysis_evalue",
+        "gauge",
+        "Sequential judge: the evidence that the canary is worse than stable; it rolls back at the threshold.",
+    );
+    let mut threshold = Family::new(
+        threshold,
+        "tidegate_analysis_evalue_threshold",
+        "gauge",
+        "Sequential judge: the e-value that rolls back (1/alpha).",
+    );
+    let mut requests = Family::new(
+        requests,
+        "tidegate_analysis_requests",
+        "gauge",
+        "Sequential judge: requests weighed in the current analysis run, per version.",
+    );
+    let mut events = Family::new(
+        events,
+        "tidegate_analysis_events",
+        "gauge",
+        "Sequential judge: events (errors, slow responses) weighed, per stream and version.",
+    );
+    let mut expected = Family::new(
+        expected,
+        "tidegate_analysis_expected_events",
+        "gauge",
+        "Sequential judge: canary events expected if it were as good as stable.",
+    );
     for r in rollouts {
         let step_specs = match r.spec.steps.get(r.status.step) {
             Some(Step::Analysis(a)) => Some(a.metrics.as_slice()),
@@ -169,86 +181,28 @@ fn render_sequential(rollouts: &[RolloutView<'_>], out: &mut String) {
                 let (Some(test), Some(settings)) = (&m.tally.sequential, spec.sequential()) else {
                     continue;
                 };
-                let labels = format!(
-                    "route=\"{}\",metric=\"{}\"",
-                    esc(&r.status.route),
-                    esc(&m.name)
-                );
-                let _ = writeln!(
-                    evalue,
-                    "tidegate_analysis_evalue{{{labels}}} {}",
-                    test.e_value(settings.min_effect)
-                );
-                let _ = writeln!(
-                    threshold,
-                    "tidegate_analysis_evalue_threshold{{{labels}}} {}",
-                    1.0 / settings.alpha
-                );
+                let labels = [("route", r.status.route.as_str()), ("metric", &m.name)];
+                evalue.sample(&labels, test.e_value(settings.min_effect));
+                threshold.sample(&labels, 1.0 / settings.alpha);
                 let canary = r.status.canary.as_deref().unwrap_or("");
+                let stable = r.status.stable.as_str();
                 for (version, n) in [
                     (canary, test.requests.canary),
-                    (r.status.stable.as_str(), test.requests.stable),
+                    (stable, test.requests.stable),
                 ] {
-                    let _ = writeln!(
-                        requests,
-                        "tidegate_analysis_requests{{{labels},version=\"{}\"}} {n}",
-                        esc(version)
-                    );
+                    requests.sample(&[labels[0], labels[1], ("version", version)], n);
                 }
                 for st in &test.streams {
-                    let stream = format!("{labels},stream=\"{}\"", esc(&st.name));
-                    for (version, n) in [
-                        (canary, st.events.canary),
-                        (r.status.stable.as_str(), st.events.stable),
-                    ] {
-                        let _ = writeln!(
-                            events,
-                            "tidegate_analysis_events{{{stream},version=\"{}\"}} {n}",
-                            esc(version)
-                        );
+                    let stream = [labels[0], labels[1], ("stream", st.name.as_str())];
+                    for (version, n) in [(canary, st.events.canary), (stable, st.events.stable)] {
+                        events.sample(&[stream[0], stream[1], stream[2], ("version", version)], n);
                     }
-                    let _ = writeln!(
-                        expected,
-                        "tidegate_analysis_expected_events{{{stream}}} {}",
-                        st.expected
-                    );
+                    expected.sample(&stream, st.expected);
                 }
             }
         }
     }
-    for (name, kind, help, body) in [
-        (
-            "tidegate_analysis_evalue",
-            "gauge",
-            "Sequential judge: the evidence that the canary is worse than stable; it rolls back at the threshold.",
-            evalue,
-        ),
-        (
-            "tidegate_analysis_evalue_threshold",
-            "gauge",
-            "Sequential judge: the e-value that rolls back (1/alpha).",
-            threshold,
-        ),
-        (
-            "tidegate_analysis_requests",
-            "gauge",
-            "Sequential judge: requests weighed in the current analysis run, per version.",
-            requests,
-        ),
-        (
-            "tidegate_analysis_events",
-            "gauge",
-            "Sequential judge: events (errors, slow responses) weighed, per stream and version.",
-            events,
-        ),
-        (
-            "tidegate_analysis_expected_events",
-            "gauge",
-            "Sequential judge: canary events expected if it were as good as stable.",
-            expected,
-        ),
-    ] {
-        header(out, name, kind, help);
-        out.push_str(&body);
+    for b in buffers {
+        out.push_str(&b);
     }
 }

@@ -2,7 +2,6 @@
 //! annotated Deployments, the proxy fleet's scrapes, and the probe endpoints together.
 
 use std::convert::Infallible;
-use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,17 +101,13 @@ fn probe(req: &Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
         (&Method::GET, "/healthz" | "/readyz") => (StatusCode::OK, "ok\n".to_string()),
         (&Method::GET, "/metrics") => {
             let mut out = String::new();
-            crate::metrics::header(
+            crate::metrics::Family::new(
                 &mut out,
                 "tidegate_controller_leader",
                 "gauge",
                 "1 while this replica leads and acts.",
-            );
-            let _ = writeln!(
-                out,
-                "tidegate_controller_leader {}",
-                u8::from(ctx.leads_now())
-            );
+            )
+            .sample(&[], u8::from(ctx.leads_now()));
             ctx.render_metrics(&mut out);
             (StatusCode::OK, out)
         }

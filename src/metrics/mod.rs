@@ -1,13 +1,14 @@
 //! Data-plane metrics: atomics on the request path, Prometheus text rendering, per-version windows.
 
+mod exposition;
 pub mod version;
 pub mod window;
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+pub use exposition::Family;
 pub use version::{ActiveGuard, LATENCY_BOUNDS, VersionStats, VersionTotals};
 pub use window::WindowSnapshot;
 
@@ -127,8 +128,11 @@ impl Metrics {
             map.values().cloned().collect()
         };
         let totals: Vec<_> = versions.iter().map(|v| (v, v.totals())).collect();
+        fn labels(v: &VersionStats) -> [(&'static str, &str); 2] {
+            [("route", &v.route), ("version", &v.version)]
+        }
 
-        header(
+        let mut f = Family::new(
             out,
             "tidegate_requests_total",
             "counter",
@@ -136,16 +140,12 @@ impl Metrics {
         );
         for (v, t) in &totals {
             for (i, n) in t.by_class.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "tidegate_requests_total{{route=\"{}\",version=\"{}\",class=\"{}xx\"}} {n}",
-                    esc(&v.route),
-                    esc(&v.version),
-                    i + 1
-                );
+                let class = format!("{}xx", i + 1);
+                let [route, version] = labels(v);
+                f.sample(&[route, version, ("class", &class)], n);
             }
         }
-        header(
+        let mut f = Family::new(
             out,
             "tidegate_responses_by_code_total",
             "counter",
@@ -153,191 +153,106 @@ impl Metrics {
         );
         for (v, t) in &totals {
             for (code, n) in &t.by_code {
-                let _ = writeln!(
-                    out,
-                    "tidegate_responses_by_code_total{{route=\"{}\",version=\"{}\",code=\"{code}\"}} {n}",
-                    esc(&v.route),
-                    esc(&v.version),
-                );
+                let [route, version] = labels(v);
+                f.sample(&[route, version, ("code", &code.to_string())], n);
             }
         }
         if fine_latency {
-            render_fine_latency(&totals, out);
+            let mut f = Family::new(
+                out,
+                FINE_LATENCY,
+                "histogram",
+                "Time to response headers in fine buckets (four per doubling), for the controller's judge.",
+            );
+            // Only the buckets that counted something: cumulative counts stay exact.
+            for (v, t) in &totals {
+                let mut cumulative = 0;
+                let mut buckets: Vec<_> = t
+                    .latency_fine
+                    .iter()
+                    .map(|(micros, n)| {
+                        cumulative += n;
+                        (Some(*micros as f64 / 1e6), cumulative)
+                    })
+                    .collect();
+                buckets.push((None, cumulative));
+                f.histogram(&labels(v), buckets, t.latency_sum.as_secs_f64());
+            }
         }
-        header(
+        let mut f = Family::new(
             out,
             "tidegate_request_duration_seconds",
             "histogram",
             "Time from receiving a request to relaying the response headers.",
         );
         for (v, t) in &totals {
-            let labels = format!(
-                "route=\"{}\",version=\"{}\"",
-                esc(&v.route),
-                esc(&v.version)
-            );
             let mut cumulative = 0;
-            for (i, n) in t.latency_buckets.iter().enumerate() {
+            let buckets = t.latency_buckets.iter().enumerate().map(|(i, n)| {
                 cumulative += n;
-                let le = LATENCY_BOUNDS
-                    .get(i)
-                    .map_or("+Inf".to_string(), |b| b.to_string());
-                let _ = writeln!(
-                    out,
-                    "tidegate_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "tidegate_request_duration_seconds_sum{{{labels}}} {}",
-                t.latency_sum.as_secs_f64()
-            );
-            let _ = writeln!(
-                out,
-                "tidegate_request_duration_seconds_count{{{labels}}} {cumulative}"
-            );
+                (LATENCY_BOUNDS.get(i).copied(), cumulative)
+            });
+            f.histogram(&labels(v), buckets, t.latency_sum.as_secs_f64());
         }
-        header(
+        let mut f = Family::new(
             out,
             "tidegate_upstream_connect_errors_total",
             "counter",
             "Failed TCP connects to upstream endpoints.",
         );
         for (v, t) in &totals {
-            let _ = writeln!(
-                out,
-                "tidegate_upstream_connect_errors_total{{route=\"{}\",version=\"{}\"}} {}",
-                esc(&v.route),
-                esc(&v.version),
-                t.connect_errors
-            );
+            f.sample(&labels(v), t.connect_errors);
         }
-        header(
+        let mut f = Family::new(
             out,
             "tidegate_version_active_requests",
             "gauge",
             "Requests streaming and upgraded connections open now, by version: what a drain waits for.",
         );
         for v in &versions {
-            let _ = writeln!(
-                out,
-                "tidegate_version_active_requests{{route=\"{}\",version=\"{}\"}} {}",
-                esc(&v.route),
-                esc(&v.version),
-                v.active()
-            );
+            f.sample(&labels(v), v.active());
         }
-        header(
+        let mut f = Family::new(
             out,
             "tidegate_proxy_errors_total",
             "counter",
             "Requests tidegate answered itself, by cause.",
         );
         for kind in ErrorKind::ALL {
-            let _ = writeln!(
-                out,
-                "tidegate_proxy_errors_total{{kind=\"{}\"}} {}",
-                kind.label(),
-                self.errors(kind)
-            );
+            f.sample(&[("kind", kind.label())], self.errors(kind));
         }
-        header(
+        Family::new(
             out,
             "tidegate_active_connections",
             "gauge",
             "Client connections open now.",
-        );
-        let _ = writeln!(
-            out,
-            "tidegate_active_connections {}",
-            self.active_connections()
-        );
-        header(
+        )
+        .sample(&[], self.active_connections());
+        Family::new(
             out,
             "tidegate_connections_total",
             "counter",
             "Client connections accepted.",
-        );
-        let _ = writeln!(
-            out,
-            "tidegate_connections_total {}",
-            self.connections_total.load(Relaxed)
-        );
-        header(
-            out,
-            "tidegate_config_reloads_total",
-            "counter",
-            "Config reloads, by result.",
-        );
-        for (i, result) in ["success", "failure"].iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "tidegate_config_reloads_total{{result=\"{result}\"}} {}",
-                self.config_reloads[i].load(Relaxed)
-            );
+        )
+        .sample(&[], self.connections_total.load(Relaxed));
+        for (name, help, counts) in [
+            (
+                "tidegate_config_reloads_total",
+                "Config reloads, by result.",
+                &self.config_reloads,
+            ),
+            (
+                "tidegate_tls_reloads_total",
+                "TLS certificate reloads, by result.",
+                &self.tls_reloads,
+            ),
+        ] {
+            let mut f = Family::new(out, name, "counter", help);
+            for (i, result) in ["success", "failure"].iter().enumerate() {
+                f.sample(&[("result", result)], counts[i].load(Relaxed));
+            }
         }
-        header(
-            out,
-            "tidegate_tls_reloads_total",
-            "counter",
-            "TLS certificate reloads, by result.",
-        );
-        for (i, result) in ["success", "failure"].iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "tidegate_tls_reloads_total{{result=\"{result}\"}} {}",
-                self.tls_reloads[i].load(Relaxed)
-            );
-        }
-    }
-}
-
-/// The fine latency histogram: only buckets that counted something (cumulative counts stay
-/// exact without the empty ones).
-fn render_fine_latency(totals: &[(&Arc<VersionStats>, VersionTotals)], out: &mut String) {
-    header(
-        out,
-        FINE_LATENCY,
-        "histogram",
-        "Time to response headers in fine buckets (four per doubling), for the controller's judge.",
-    );
-    for (v, t) in totals {
-        let labels = format!(
-            "route=\"{}\",version=\"{}\"",
-            esc(&v.route),
-            esc(&v.version)
-        );
-        let mut cumulative = 0;
-        for (micros, n) in &t.latency_fine {
-            cumulative += n;
-            let _ = writeln!(
-                out,
-                "{FINE_LATENCY}_bucket{{{labels},le=\"{}\"}} {cumulative}",
-                *micros as f64 / 1e6
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{FINE_LATENCY}_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
-        );
-        let sum = t.latency_sum.as_secs_f64();
-        let _ = writeln!(out, "{FINE_LATENCY}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{FINE_LATENCY}_count{{{labels}}} {cumulative}");
     }
 }
 
 /// The histogram `render` adds on request (`fine_latency`).
 pub const FINE_LATENCY: &str = "tidegate_request_duration_fine_seconds";
-
-/// Writes the HELP and TYPE lines of a metric family.
-pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Escapes a label value for the Prometheus text format.
-pub fn esc(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}

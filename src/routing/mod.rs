@@ -144,10 +144,9 @@ impl RouteTable {
 
     /// Prometheus gauges of the table: weight per version, health per endpoint.
     pub fn render_metrics(&self, out: &mut String) {
-        use crate::metrics::{esc, header};
-        use std::fmt::Write;
+        use crate::metrics::Family;
         let now = crate::clock::now_ms();
-        header(
+        let mut f = Family::new(
             out,
             "tidegate_route_weight_percent",
             "gauge",
@@ -155,16 +154,11 @@ impl RouteTable {
         );
         for r in &self.routes {
             for v in &r.versions {
-                let _ = writeln!(
-                    out,
-                    "tidegate_route_weight_percent{{route=\"{}\",version=\"{}\"}} {}",
-                    esc(&r.name),
-                    esc(&v.name),
-                    f64::from(v.weight) / 100.0
-                );
+                let labels = [("route", &*r.name), ("version", &*v.name)];
+                f.sample(&labels, f64::from(v.weight) / 100.0);
             }
         }
-        header(
+        let mut f = Family::new(
             out,
             "tidegate_endpoint_healthy",
             "gauge",
@@ -173,14 +167,13 @@ impl RouteTable {
         for r in &self.routes {
             for v in &r.versions {
                 for e in v.endpoints.iter() {
-                    let _ = writeln!(
-                        out,
-                        "tidegate_endpoint_healthy{{route=\"{}\",version=\"{}\",endpoint=\"{}\"}} {}",
-                        esc(&r.name),
-                        esc(&v.name),
-                        e.addr,
-                        u8::from(e.is_healthy(now))
-                    );
+                    let addr = e.addr.to_string();
+                    let labels = [
+                        ("route", &*r.name),
+                        ("version", &*v.name),
+                        ("endpoint", &*addr),
+                    ];
+                    f.sample(&labels, u8::from(e.is_healthy(now)));
                 }
             }
         }
