@@ -2,33 +2,28 @@
 """Memory on loopback: resident memory of tidegate, HAProxy and nginx as reverse proxies in front of one nginx backend.
 
 One worker per proxy (tidegate `workers: 1`, HAProxy `nbthread 1`, nginx `worker_processes 1`).
-Every phase below runs on a freshly started proxy, one proxy at a time, so that memory one phase
-left behind does not show in the next. Per proxy and round:
+Each phase runs on a freshly started proxy, one proxy at a time, so that memory one phase left
+behind does not show in the next. Per proxy and round:
 
   RSS idle        VmRSS after start and a readiness probe, no connections open
-  RSS 0 conns     VmRSS after a 2 s warm-up load (50 connections), every connection closed: the baseline
+  RSS 0 conns     VmRSS after a 2 s warm-up load (50 connections), all closed again: the baseline
   RSS N conns     VmRSS with N idle keep-alive client connections open, each having sent one GET and
-                  read its response; opened cumulatively (1000, then 3000 more, ...), read 1 s after the
-                  last one opened. KB/conn = (RSS N conns - RSS 0 conns) / N
+                  read its response; opened cumulatively, read 1 s after the last one.
+                  KB per conn = (RSS N conns - RSS 0 conns) / N
   RSS load peak   a new process: peak VmRSS sampled every 0.1 s during wrk -t1 -c1000 -d10s (without
                   wrk: an asyncio client whose 1000 connections each send requests in a loop for 10 s)
 
-nginx runs as a master and one worker, and its column is master + worker; the worker alone is in
-the last column. tidegate and HAProxy are one process each. With --rounds > 1 the table shows medians.
+nginx runs as a master and one worker; its column is master + worker, the last column the worker
+alone. --rounds > 1: medians. Limits: the fd soft limit is raised to the hard limit (the proxies
+inherit it); tidegate `limits.max_connections` and HAProxy `maxconn` are the largest N + 256
+(HAProxy `ulimit-n` twice that), nginx `worker_connections` the largest N + 2000 (client +
+upstream under load); idle timeouts are 300 s (tidegate: `timeouts.request_header`).
 
-Limits: this script raises its RLIMIT_NOFILE soft limit to the hard limit, and the proxies inherit
-it. tidegate gets `limits.max_connections` and HAProxy `maxconn` (and `ulimit-n`) of the largest N
-plus 256, nginx `worker_connections` of the largest N plus 2000 (load: client + upstream) and
-`worker_rlimit_nofile`. Idle timeouts are 300 s everywhere (tidegate: `timeouts.request_header`).
-
-The backend and the proxies' configs come from compare.py (same directory). The script installs
-nothing: it checks for its tools and says what is missing. Everything listens on 127.0.0.1; every
-process it starts is stopped when it ends, also on Ctrl-C, SIGTERM, or an error.
+Backend, process handling and nginx's proxy config come from compare.py. Installs nothing: says
+what is missing. All on 127.0.0.1; every process started is stopped on any exit.
 
 Usage: benches/load/memory.py [--conns 1000,4000,8000] [--rounds 1] [--json out.json] [--binary PATH]
 """
-
-from __future__ import annotations
 
 import argparse, asyncio, json, os, re, resource, shutil, signal, socket, statistics, struct, sys, tempfile, threading, time  # noqa: E401
 from pathlib import Path
@@ -38,30 +33,35 @@ import compare  # noqa: E402
 from compare import Procs, free_ports, read_response, still_open, status_kb, wait_ready  # noqa: E402
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench.local\r\n\r\n"
-NAMES = ("tidegate", "haproxy", "nginx")
-
-
-def pids_of(pid: int) -> list[int]:
-    """The process and its children (nginx's worker), found by their parent pid in /proc."""
-    kids = []
-    for d in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-            kids.append(int(d))
-    return [pid] + kids
 
 
 def rss(pid: int) -> tuple[float, float]:
-    """(all processes, worker) VmRSS in MB; the worker is the child if there is one."""
-    ps = pids_of(pid)
-    kb = [status_kb(p, "VmRSS") for p in ps]
+    """VmRSS in MB of (the process and its children, the last child): nginx's master + worker, worker."""
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    kb = [status_kb(p, "VmRSS") for p in [pid, *map(int, kids)]]
     return sum(kb) / 1024, kb[-1] / 1024
 
 
-def start(name: str, procs: Procs, tmp: Path, backend: int, maxn: int, hard: int, binary: Path):
+def start(name: str, procs: Procs, *rest):
+    """Starts `name` on fresh ports; retried twice, as a free port can be taken before the bind."""
+    for attempt in range(3):
+        n = len(procs.started)
+        try:
+            return start_once(name, procs, *rest)
+        except RuntimeError as e:
+            for p in procs.started[n:]:
+                stop(procs, p)
+            if attempt == 2:
+                raise
+            print(f"note: {name} did not start, again on other ports: {str(e).splitlines()[0]}", file=sys.stderr)
+
+
+def stop(procs: Procs, p) -> None:
+    procs.stop(p)
+    procs.started.remove(p)  # so that stop_all never signals a pid that may be reused by then
+
+
+def start_once(name: str, procs: Procs, tmp: Path, backend: int, maxn: int, hard: int, binary: Path):
     port, admin = free_ports(2)
     if name == "tidegate":
         conf = tmp / "tidegate.yaml"
@@ -111,12 +111,6 @@ def start(name: str, procs: Procs, tmp: Path, backend: int, maxn: int, hard: int
     return p, port
 
 
-def close_all(conns: list[socket.socket]) -> None:
-    for s in conns:  # RST, not FIN: no thousands of TIME_WAIT sockets left between phases
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        s.close()
-
-
 def ladder(port: int, pid: int, steps: list[int]) -> dict:
     """Opens idle keep-alive connections up to each step in turn (one GET each) and reads RSS."""
     conns: list[socket.socket] = []
@@ -135,7 +129,9 @@ def ladder(port: int, pid: int, steps: list[int]) -> dict:
             open_now = sum(1 for s in conns if still_open(s))
             out[n] = {"rss": rss(pid), "open": open_now, "failed": failed}
     finally:
-        close_all(conns)
+        for s in conns:  # RST, not FIN: no thousands of TIME_WAIT sockets left between phases
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
     return out
 
 
@@ -170,24 +166,20 @@ def load(port: int, conns: int, seconds: int, wrk: bool) -> dict:
 
 
 def peak_during_load(pid: int, port: int, wrk: bool) -> dict:
+    """Runs the 1000-connection load and samples RSS every 0.1 s meanwhile."""
     peak, done = [0.0, 0.0], threading.Event()
 
     def sample():
-        while not done.is_set():
-            try:
-                peak[:] = [max(a, b) for a, b in zip(peak, rss(pid))]
-            except OSError:
-                return
-            done.wait(0.1)
+        while not done.wait(0.1):
+            peak[:] = [max(a, b) for a, b in zip(peak, rss(pid))]
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     try:
-        r = load(port, 1000, 10, wrk)
+        return {**load(port, 1000, 10, wrk), "peak": peak}
     finally:
         done.set()
         t.join()
-    return {"peak": tuple(peak), **r}
 
 
 def one_round(name, procs, tmp, backend, steps, hard, binary, wrk) -> dict:
@@ -198,10 +190,10 @@ def one_round(name, procs, tmp, backend, steps, hard, binary, wrk) -> dict:
     time.sleep(1.0)
     r["base"] = rss(p.pid)
     r["conns"] = ladder(port, p.pid, steps)
-    procs.stop(p)
+    stop(procs, p)
     p, port = start(name, procs, tmp, backend, steps[-1], hard, binary)
     r["load"] = peak_during_load(p.pid, port, wrk)
-    procs.stop(p)
+    stop(procs, p)
     return r
 
 
@@ -215,12 +207,11 @@ def main() -> int:
     args = ap.parse_args()
     steps = sorted(int(c) for c in args.conns.split(","))
     missing = [] if shutil.which("nginx") else ["nginx (required): apt-get install nginx-light"]
-    if not args.binary.is_file():
-        missing.append(f"tidegate binary {args.binary} (required): cargo build --release")
+    missing += [] if args.binary.is_file() else [f"tidegate binary {args.binary} (required): cargo build --release"]
     if missing:
         print("missing, cannot run:\n  " + "\n  ".join(missing), file=sys.stderr)
         return 2
-    names = [n for n in NAMES if n != "haproxy" or shutil.which("haproxy")]
+    names = [n for n in ("tidegate", "haproxy", "nginx") if n != "haproxy" or shutil.which("haproxy")]
     if "haproxy" not in names:
         print("note: skipping haproxy: apt-get install haproxy", file=sys.stderr)
     wrk = bool(shutil.which("wrk")) and not args.no_wrk
@@ -233,12 +224,8 @@ def main() -> int:
         return 2
     compare.PIN["on"] = False  # memory, not CPU time: nothing is pinned
     procs, tmp = Procs(), Path(tempfile.mkdtemp(prefix="tidegate-mem-"))
-
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
     t0 = time.monotonic()
     try:
         backend = free_ports(1)[0]
@@ -262,26 +249,24 @@ def main() -> int:
 
 
 def report(raw: dict, steps: list[int], rounds: int) -> None:
+    """Rows are measures, columns proxies (and nginx's worker alone); medians over the rounds."""
     cols = [(n, 0) for n in raw] + ([("nginx", 1)] if "nginx" in raw else [])
-    heads = {("nginx", 0): "nginx m+w", ("nginx", 1): "nginx worker"}
-    med = lambda f, n, i: statistics.median(f(r)[i] for r in raw[n])  # noqa: E731
-    rows = [("RSS idle, MB", lambda r: r["idle"], ".1f"), ("RSS 0 conns warm, MB", lambda r: r["base"], ".1f")]
+    rows = [("RSS idle, MB", lambda r: r["idle"]), ("RSS 0 conns warm, MB", lambda r: r["base"])]
     for n in steps:
-        rows.append((f"RSS {n} idle conns, MB", lambda r, n=n: r["conns"][n]["rss"], ".1f"))
-        rows.append(("  KB per conn", lambda r, n=n: [(a - b) * 1024 / n for a, b in zip(r["conns"][n]["rss"], r["base"])], ".1f"))
-    rows.append(("RSS peak, load c1000, MB", lambda r: r["load"]["peak"], ".1f"))
-    print(f"\n{'medians of ' + str(rounds) + ' rounds' if rounds > 1 else 'one round':<26}"
-          + "".join(f"{heads.get(c, c[0]):>13}" for c in cols))
-    for label, f, spec in rows:
-        print(f"{label:<26}" + "".join(f"{format(med(f, *c), spec):>13}" for c in cols))
-    print(f"{'load req/s (errors)':<26}" + "".join(
-        f"{'%.0f (%d)' % (med(lambda r: (r['load']['rps'],), n, 0), sum(r['load']['errors'] for r in raw[n])):>13}"
-        for n, _ in cols[: len(raw)]))
-    for n in raw:
-        for r in raw[n]:
-            for c, v in r["conns"].items():
-                if v["open"] < c or v["failed"]:
-                    print(f"note: {n} at {c}: {v['open']} of {c} still open, {v['failed']} failed")
+        rows.append((f"RSS {n} idle conns, MB", lambda r, n=n: r["conns"][n]["rss"]))
+        rows.append(("  KB per conn", lambda r, n=n: [(a - b) * 1024 / n for a, b in zip(r["conns"][n]["rss"], r["base"])]))
+    rows.append(("RSS peak, load c1000, MB", lambda r: r["load"]["peak"]))
+    rows.append(("load req/s", lambda r: [r["load"]["rps"]] * 2))
+    heads = {("nginx", 0): "nginx m+w", ("nginx", 1): "nginx worker"}
+    print(f"\n{f'medians of {rounds} rounds' if rounds > 1 else 'one round':<26}" + "".join(f"{heads.get(c, c[0]):>13}" for c in cols))
+    for label, f in rows:
+        print(f"{label:<26}" + "".join(f"{statistics.median(f(r)[i] for r in raw[n]):13.1f}" for n, i in cols))
+    errors = {n: sum(r["load"]["errors"] for r in raw[n]) for n in raw}
+    if any(errors.values()):
+        print("note: load errors (wrk socket errors and non-2xx, summed over rounds): " + str(errors))
+    for n, c, v in ((n, c, v) for n in raw for r in raw[n] for c, v in r["conns"].items()):
+        if v["open"] < c or v["failed"]:
+            print(f"note: {n} at {c}: {v['open']} of {c} still open, {v['failed']} failed")
 
 
 if __name__ == "__main__":
