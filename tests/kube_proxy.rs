@@ -67,6 +67,17 @@ async fn put_slice(client: &Client, ns: &str, service: &str, addr: SocketAddr, r
         .expect("slice written");
 }
 
+/// A proxy file with one listener and the admin listener, both on free loopback ports.
+fn proxy_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let config = dir.join("proxy.yaml");
+    std::fs::write(
+        &config,
+        "listeners:\n  - name: http\n    listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n",
+    )
+    .expect("config written");
+    config
+}
+
 async fn canary_weight_served(admin: SocketAddr, route: &str) -> f64 {
     let text = common::get_text(&format!("http://{admin}/metrics")).await;
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
@@ -103,12 +114,7 @@ async fn the_proxy_follows_the_status_weight_and_ready_endpoints_and_the_fleet_r
     let stable = common::named_backend("stable").await;
     let canary = common::named_backend("canary").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("proxy.yaml");
-    std::fs::write(
-        &config,
-        "listeners:\n  - name: http\n    listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n",
-    )
-    .expect("config written");
+    let config = proxy_config(dir.path());
     let proxy = ClusterProxy::start(&config, client.clone(), Some(ns.clone()))
         .await
         .expect("proxy starts");
@@ -221,12 +227,7 @@ async fn a_proxy_without_its_first_table_from_the_cluster_is_alive_but_not_ready
     let nowhere = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
     let client = Client::try_from(nowhere).expect("client");
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("proxy.yaml");
-    std::fs::write(
-        &config,
-        "listeners:\n  - name: http\n    listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n",
-    )
-    .expect("config written");
+    let config = proxy_config(dir.path());
     let proxy = ClusterProxy::start(&config, client, None)
         .await
         .expect("proxy starts");

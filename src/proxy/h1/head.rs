@@ -117,6 +117,19 @@ fn spans(buf: &[u8], parsed: &[httparse::Header<'_>], out: &mut Vec<Field>) {
     }));
 }
 
+/// The length of a complete head within `max` bytes; None while more may complete it.
+fn head_len(
+    parsed: httparse::Result<usize>,
+    have: usize,
+    max: usize,
+) -> Result<Option<usize>, HeadError> {
+    match parsed.map_err(|e| parse_error(e, max))? {
+        httparse::Status::Complete(n) if n <= max => Ok(Some(n)),
+        httparse::Status::Partial if have < max => Ok(None),
+        _ => Err(HeadError::TooLarge(max)),
+    }
+}
+
 fn parse_error(e: httparse::Error, max: usize) -> HeadError {
     match e {
         httparse::Error::TooManyHeaders => HeadError::TooLarge(max),
@@ -151,23 +164,15 @@ pub struct RequestHead {
 impl RequestHead {
     /// Parses the head at the start of `buf`: Ok(false) while it is incomplete (read more,
     /// up to `max_len` bytes). Refuses what RFC 9112 says a server must not guess at:
-    /// Content-Length and Transfer-Encoding together, differing or invalid lengths, chunked
-    /// not last, Transfer-Encoding in HTTP/1.0, a missing or repeated Host in HTTP/1.1,
+    /// Content-Length and Transfer-Encoding together, differing or invalid lengths, codings
+    /// other than one chunked, Transfer-Encoding in HTTP/1.0, a missing or repeated Host in HTTP/1.1,
     /// whitespace before a colon, obs-fold, and a target of the wrong form.
     pub fn parse(&mut self, buf: &[u8], max_len: usize) -> Result<bool, HeadError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut headers);
-        let len = match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() >= max_len => {
-                return Err(HeadError::TooLarge(max_len));
-            }
-            Ok(httparse::Status::Partial) => return Ok(false),
-            Err(e) => return Err(parse_error(e, max_len)),
+        let Some(len) = head_len(req.parse(buf), buf.len(), max_len)? else {
+            return Ok(false);
         };
-        if len > max_len {
-            return Err(HeadError::TooLarge(max_len));
-        }
         let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
             return Ok(false);
         };
@@ -260,17 +265,9 @@ impl ResponseHead {
     pub fn parse(&mut self, buf: &[u8], max_len: usize, method: &[u8]) -> Result<bool, HeadError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_FIELDS];
         let mut resp = httparse::Response::new(&mut headers);
-        let len = match resp.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() >= max_len => {
-                return Err(HeadError::TooLarge(max_len));
-            }
-            Ok(httparse::Status::Partial) => return Ok(false),
-            Err(e) => return Err(parse_error(e, max_len)),
+        let Some(len) = head_len(resp.parse(buf), buf.len(), max_len)? else {
+            return Ok(false);
         };
-        if len > max_len {
-            return Err(HeadError::TooLarge(max_len));
-        }
         let (Some(status), Some(minor)) = (resp.code, resp.version) else {
             return Ok(false);
         };
