@@ -1,5 +1,6 @@
-//! The upstream's response body, relayed as it streams, keeping its version counted as active
-//! and its client connection busy until done.
+//! Bodies as they are relayed: the client's request body (from hyper, or read off the
+//! connection by tidegate's own HTTP/1.1 loop), and the upstream's response body, which keeps
+//! its version counted as active and its client connection busy until done.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,6 +11,54 @@ use hyper::body::Incoming;
 
 use super::idle::BusyGuard;
 use crate::metrics::ActiveGuard;
+
+/// Why a request body read off a client connection broke off.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body on its way upstream.
+pub enum RequestBody {
+    /// From a connection hyper serves (HTTP/2).
+    Hyper(Incoming),
+    /// Read off the client connection by tidegate's HTTP/1.1 loop, frame by frame.
+    Streamed(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BodyError>>),
+    /// No body, or none any more (a retried bodiless request).
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Streamed(rx) => rx.poll_recv(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::Streamed(_) => false,
+            RequestBody::Empty => true,
+        }
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::Streamed(_) => SizeHint::default(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
 
 /// Drops the version's active count, and lets the connection go idle, when the body ends or
 /// the client goes away.

@@ -13,6 +13,7 @@ pub mod error;
 pub mod forwarding;
 pub mod h1;
 pub mod headers;
+mod http1;
 mod idle;
 mod service;
 pub mod tls;
@@ -334,7 +335,7 @@ async fn serve_connection(
         })
     };
     match &side.tls {
-        None => serve_http(TokioIo::new(stream), info(false), &ctx).await,
+        None => http1::serve(stream, info(false), &ctx).await,
         Some(acceptor) => {
             match tokio::time::timeout(ctx.header_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => serve_http(TokioIo::new(tls_stream), info(true), &ctx).await,
@@ -351,9 +352,10 @@ where
 {
     let worker = ctx.worker.clone();
     let idle = info.idle.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let worker = worker.clone();
         let info = info.clone();
+        let req = req.map(body::RequestBody::Hyper);
         async move { Ok::<_, Infallible>(worker.handle(info, req).await) }
     });
     let conn = ctx.http.serve_connection_with_upgrades(io, service);

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
-use http_body_util::{Either, Empty};
-use hyper::body::{Body, Incoming};
+use http_body_util::Either;
+use hyper::body::Body;
 use hyper_util::rt::TokioIo;
 
 use super::ProxyBody;
-use super::body::TrackedBody;
+use super::body::{RequestBody, TrackedBody};
 use super::drain::DrainTracker;
 use super::error::ProxyError;
 use super::forwarding::{self, Peer};
@@ -40,6 +40,14 @@ pub struct ConnInfo {
     pub idle: Arc<IdleState>,
 }
 
+/// The upstream side of an upgraded connection, for a client connection that runs its own
+/// tunnel; the version stays active while it is open.
+#[derive(Clone)]
+pub struct Tunnel {
+    pub upstream: hyper::upgrade::OnUpgrade,
+    pub active: Arc<ActiveGuard>,
+}
+
 /// Everything decided while the route table was loaded; the table guard is gone after this.
 struct Target {
     endpoint: Arc<Endpoint>,
@@ -57,7 +65,7 @@ impl Worker {
     pub async fn handle(
         self: Arc<Self>,
         conn: Arc<ConnInfo>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let busy = BusyGuard::begin(&conn.idle, req.version() == HttpVersion::HTTP_2);
@@ -77,7 +85,7 @@ impl Worker {
     async fn relay(
         &self,
         conn: &ConnInfo,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         start: Instant,
         busy: BusyGuard,
     ) -> Result<Response<ProxyBody>, (ProxyError, Option<Arc<VersionStats>>)> {
@@ -93,7 +101,13 @@ impl Worker {
         // Active until the response body ends or the tunnel closes: what a drain waits for.
         let active = stats.begin();
 
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // hyper's connections hand over the client side of an upgrade in the request;
+        // tidegate's own HTTP/1.1 loop runs the tunnel itself (`Tunnel` in the response).
+        let client_upgrade = if upgrade {
+            req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
         let (mut parts, body) = req.into_parts();
         let host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
@@ -143,7 +157,7 @@ impl Worker {
         let mut endpoint = target.endpoint.clone();
         // Only requests that may be retried pay for a copy of their head.
         let mut retry_parts = target.retry_pool.is_some().then(|| parts.clone());
-        let mut up_req = Request::from_parts(parts, Either::Left(body));
+        let mut up_req = Request::from_parts(parts, body);
         // From the clock read the request started with; a retry gets a full timeout again.
         let mut deadline = tokio::time::Instant::from_std(start) + target.timeout;
         let mut resp = loop {
@@ -187,7 +201,7 @@ impl Worker {
                     };
                     tracing::debug!(from = %endpoint.addr, to = %next.addr, "connect failed, retrying on another endpoint");
                     endpoint = next;
-                    up_req = Request::from_parts(parts, Either::Right(Empty::new()));
+                    up_req = Request::from_parts(parts, RequestBody::Empty);
                     deadline = tokio::time::Instant::now() + target.timeout;
                 }
                 Ok(Err(UpstreamError::Failed(cause))) => {
@@ -211,15 +225,23 @@ impl Worker {
         stats.record_at(status.as_u16(), end.duration_since(start), end_ms);
 
         if status == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_side) = client_upgrade else {
+            if !upgrade {
                 return Err(fail(ProxyError::UpstreamFailed(
                     endpoint.addr.to_string(),
                     "switched protocols unasked".into(),
                 )));
-            };
-            let upstream_side = hyper::upgrade::on(&mut resp);
-            self.spawn_tunnel(client_side, upstream_side, active);
-            let (parts, _) = resp.into_parts();
+            }
+            let upstream = hyper::upgrade::on(&mut resp);
+            let (mut parts, _) = resp.into_parts();
+            match client_upgrade {
+                Some(client_side) => self.spawn_tunnel(client_side, upstream, active),
+                None => {
+                    parts.extensions.insert(Tunnel {
+                        upstream,
+                        active: Arc::new(active),
+                    });
+                }
+            }
             return Ok(Response::from_parts(
                 parts,
                 Either::Right(Default::default()),
@@ -239,7 +261,7 @@ impl Worker {
     /// Loads the route table once, decides, and lets go of it before any await.
     fn target(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         retryable: bool,
         now_ms: u64,
     ) -> Result<Target, (ProxyError, Option<Arc<VersionStats>>)> {

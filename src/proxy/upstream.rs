@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -17,7 +15,7 @@ use tokio::net::TcpStream;
 use crate::proxy_config::UpstreamProtocol;
 
 /// Body sent upstream: the client's, streamed, or an empty one for a retried bodiless request.
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+pub type UpstreamBody = super::body::RequestBody;
 
 /// How upstream connections are made and kept.
 #[derive(Debug, Clone, Copy)]

@@ -183,13 +183,13 @@ impl RequestHead {
         spans(buf, req.headers, &mut self.fields);
         let s = read_fields(buf, &self.fields)?;
         check_target(method.as_bytes(), target.as_bytes())?;
-        if minor == 1 && s.hosts != 1 {
-            return Err(HeadError::Malformed(
-                "an HTTP/1.1 request needs exactly one Host",
-            ));
-        }
         if s.hosts > 1 {
-            return Err(HeadError::Malformed("more than one Host"));
+            return Err(HeadError::Malformed("more than one Host header"));
+        }
+        if minor == 1 && s.hosts == 0 {
+            return Err(HeadError::Malformed(
+                "an HTTP/1.1 request needs a Host header",
+            ));
         }
         self.host = (s.hosts == 1).then_some(s.host);
         self.framing = Some(match (s.transfer_encoding, s.content_length) {

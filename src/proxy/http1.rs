@@ -1,0 +1,544 @@
+//! tidegate's own HTTP/1.1 loop for plaintext client connections. One task per connection
+//! reads each head into a buffer it holds only while bytes are in flight (an idle
+//! keep-alive connection holds none), hands the request to the worker, and writes the
+//! response with framing of its own. A connection that opens with the HTTP/2 preface is
+//! handed to hyper.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+
+use super::body::{BodyError, RequestBody};
+use super::h1::{ChunkedDecoder, Decoded, Framing, HeadError, RequestHead, write_chunk_header};
+use super::service::{ConnInfo, Tunnel};
+use super::{ConnCtx, ProxyBody, stopped};
+use crate::metrics::ErrorKind;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 8 * 1024;
+/// Response bytes gathered before a write; smaller responses go out in one write.
+const WRITE_SIZE: usize = 16 * 1024;
+
+/// Serves one plaintext client connection until it closes, idles out, or the worker stops.
+pub(super) async fn serve(mut stream: TcpStream, info: Arc<ConnInfo>, ctx: &ConnCtx) {
+    let mut buf = BytesMut::new();
+    let mut head = RequestHead::default();
+    let limit = ctx.worker.max_header_bytes + 4096;
+    let mut first = true;
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        // The next head must arrive within the header timeout of the connection being ready
+        // or of the previous response being sent.
+        let deadline = tokio::time::Instant::now() + ctx.header_timeout;
+        let parsed = loop {
+            if first && buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
+                // Maybe HTTP/2 with prior knowledge: wait for the whole preface.
+            } else if first && buf.starts_with(H2_PREFACE) {
+                let io = TokioIo::new(Prefixed {
+                    prefix: buf.freeze(),
+                    inner: stream,
+                });
+                return super::serve_http(io, info, ctx).await;
+            } else {
+                match head.parse(&buf, limit) {
+                    Ok(true) => break Ok(()),
+                    Ok(false) => {}
+                    Err(e) => break Err(e),
+                }
+            }
+            if buf.is_empty() {
+                // Idle: hold no buffer while waiting.
+                buf = BytesMut::new();
+                let ready = tokio::select! {
+                    r = stream.readable() => r.is_ok(),
+                    _ = tokio::time::sleep_until(deadline) => {
+                        if first {
+                            ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
+                        }
+                        return;
+                    }
+                    _ = stopped(&mut shutdown) => return,
+                };
+                if !ready {
+                    return;
+                }
+            }
+            buf.reserve(READ_SIZE);
+            let n = tokio::select! {
+                r = stream.read_buf(&mut buf) => match r {
+                    Ok(n) => n,
+                    Err(_) => return,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
+                    return;
+                }
+                _ = stopped(&mut shutdown), if buf.is_empty() => return,
+            };
+            if n == 0 {
+                return;
+            }
+        };
+        first = false;
+        if let Err(e) = parsed {
+            let kind = match e {
+                HeadError::TooLarge(_) => ErrorKind::HeaderTooLarge,
+                _ => ErrorKind::BadRequest,
+            };
+            ctx.worker.metrics.count_error(kind);
+            let cause = match e {
+                HeadError::Malformed(why) => format!("bad request: {why}"),
+                e => e.to_string(),
+            };
+            let _ = refuse(&mut stream, e.request_status(), &cause).await;
+            return;
+        }
+        let head_bytes = buf.split_to(head.len).freeze();
+        let Some(mut req) = request(&head, &head_bytes) else {
+            ctx.worker.metrics.count_error(ErrorKind::BadRequest);
+            let _ = refuse(&mut stream, 400, "bad request: invalid request head").await;
+            return;
+        };
+        let is_head = req.method() == Method::HEAD;
+        let framing = head.framing();
+        let remaining = match framing {
+            Framing::Empty | Framing::UntilClose => None,
+            Framing::Length(n) => Some(Remaining::Length(n)),
+            Framing::Chunked => Some(Remaining::Chunked(Box::new(ChunkedDecoder::new(
+                4096,
+                ctx.worker.max_header_bytes,
+            )))),
+        };
+        let pump = remaining.map(|remaining| {
+            let (pump, rx) = BodyPump::new(remaining);
+            *req.body_mut() = RequestBody::Streamed(rx);
+            pump
+        });
+        // The client waits for this before sending its body.
+        if pump.is_some()
+            && head.expect_continue
+            && buf.is_empty()
+            && stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return;
+        }
+        let client_keep_alive = head.keep_alive;
+        let minor = head.minor_version;
+        drop(head_bytes);
+
+        let has_body = pump.is_some();
+        let (outcome, body_read) = {
+            let (mut rd, mut wr) = stream.split();
+            let exchange = async {
+                let resp = ctx.worker.clone().handle(info.clone(), req).await;
+                write_response(&mut wr, resp, is_head, minor, client_keep_alive).await
+            };
+            // The pump owns the body's sender: when it is done the upstream sees the end.
+            let pumping = async {
+                match pump {
+                    Some(p) => p.run(&mut rd, &mut buf).await,
+                    None => true,
+                }
+            };
+            tokio::pin!(exchange, pumping);
+            let mut body_read = !has_body;
+            let mut pump_over = !has_body;
+            let outcome = loop {
+                tokio::select! {
+                    r = &mut exchange => break r,
+                    done = &mut pumping, if !pump_over => {
+                        pump_over = true;
+                        body_read = done;
+                    }
+                }
+            };
+            // A body the upstream did not wait for: the connection cannot be read further.
+            let body_read = body_read || (!pump_over && pumping.now_or_never().unwrap_or(false));
+            (outcome, body_read)
+        };
+        match outcome {
+            Ok(Sent::Done { keep_alive }) => {
+                let stopping = shutdown.has_changed().unwrap_or(true) && *shutdown.borrow();
+                if !(keep_alive && body_read && !stopping) {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            }
+            Ok(Sent::Upgraded(tunnel)) => {
+                return run_tunnel(stream, buf.freeze(), tunnel).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// The request as the worker takes it; None when a part is not valid for `http`'s types.
+fn request(head: &RequestHead, bytes: &Bytes) -> Option<Request<RequestBody>> {
+    let method = Method::from_bytes(head.method.of(bytes)).ok()?;
+    let uri = Uri::from_maybe_shared(slice(bytes, head.target)).ok()?;
+    let mut headers = HeaderMap::with_capacity(head.fields.len());
+    for f in &head.fields {
+        let name = HeaderName::from_bytes(f.name.of(bytes)).ok()?;
+        let value = HeaderValue::from_maybe_shared(slice(bytes, f.value)).ok()?;
+        headers.append(name, value);
+    }
+    let mut req = Request::new(RequestBody::Empty);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = if head.minor_version == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *req.headers_mut() = headers;
+    Some(req)
+}
+
+fn slice(bytes: &Bytes, span: super::h1::Span) -> Bytes {
+    bytes.slice(span.start as usize..span.end as usize)
+}
+
+/// A head that could not be read: the status, a one-line cause, and the connection closes.
+async fn refuse(stream: &mut TcpStream, status: u16, cause: &str) -> std::io::Result<()> {
+    let reason = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let body = format!("tidegate: {cause}\n");
+    let out = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         cache-control: no-store\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(out.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// How much of a request body is still to come.
+enum Remaining {
+    Length(u64),
+    Chunked(Box<ChunkedDecoder>),
+}
+
+/// Reads a request body off the connection and hands it to the upstream request as frames.
+struct BodyPump {
+    remaining: Remaining,
+    tx: mpsc::Sender<Result<Frame<Bytes>, BodyError>>,
+}
+
+type BodyFrames = mpsc::Receiver<Result<Frame<Bytes>, BodyError>>;
+
+impl BodyPump {
+    /// The pump and the body the upstream request reads from it.
+    fn new(remaining: Remaining) -> (BodyPump, BodyFrames) {
+        // One frame in flight: the body streams in bounded memory.
+        let (tx, rx) = mpsc::channel(1);
+        (BodyPump { remaining, tx }, rx)
+    }
+
+    /// Relays the body; true when it was read to its end (the connection can carry another
+    /// request), false when it broke off or the upstream stopped taking it.
+    async fn run(mut self, rd: &mut ReadHalf<'_>, buf: &mut BytesMut) -> bool {
+        loop {
+            if buf.is_empty() {
+                if self.is_done() {
+                    return true;
+                }
+                buf.reserve(READ_SIZE);
+                match rd.read_buf(buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = self.tx.send(Err("client closed mid-body".into())).await;
+                        return false;
+                    }
+                    Ok(_) => {}
+                }
+            }
+            let frame = match &mut self.remaining {
+                Remaining::Length(0) => return true,
+                Remaining::Length(n) => {
+                    let take = (*n).min(buf.len() as u64) as usize;
+                    *n -= take as u64;
+                    Frame::data(buf.split_to(take).freeze())
+                }
+                Remaining::Chunked(d) => match d.decode(buf) {
+                    Ok((used, Decoded::Data(range))) => {
+                        let mut chunk = buf.split_to(used).freeze();
+                        chunk = chunk.slice(range);
+                        Frame::data(chunk)
+                    }
+                    Ok((used, Decoded::NeedMore)) => {
+                        buf.advance(used);
+                        continue;
+                    }
+                    Ok((used, Decoded::End)) => {
+                        buf.advance(used);
+                        let trailers = trailer_map(d.trailers());
+                        if let Some(t) = trailers
+                            && self.tx.send(Ok(Frame::trailers(t))).await.is_err()
+                        {
+                            return false;
+                        }
+                        return true;
+                    }
+                    Err(e) => {
+                        let _ = self.tx.send(Err(e.into())).await;
+                        return false;
+                    }
+                },
+            };
+            if self.tx.send(Ok(frame)).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match &self.remaining {
+            Remaining::Length(n) => *n == 0,
+            Remaining::Chunked(d) => d.is_done(),
+        }
+    }
+}
+
+/// Trailer fields as a map; None when there are none.
+fn trailer_map(section: &[u8]) -> Option<HeaderMap> {
+    if section.is_empty() {
+        return None;
+    }
+    let mut fields = [httparse::EMPTY_HEADER; super::h1::MAX_FIELDS];
+    let mut with_end = section.to_vec();
+    with_end.extend_from_slice(b"\r\n");
+    let httparse::Status::Complete((_, parsed)) =
+        httparse::parse_headers(&with_end, &mut fields).ok()?
+    else {
+        return None;
+    };
+    let mut map = HeaderMap::new();
+    for f in parsed {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(f.name.as_bytes()),
+            HeaderValue::from_bytes(f.value),
+        ) {
+            map.append(n, v);
+        }
+    }
+    Some(map)
+}
+
+/// What writing a response left.
+enum Sent {
+    Done { keep_alive: bool },
+    Upgraded(Tunnel),
+}
+
+/// How the response body is framed on the client connection.
+#[derive(Clone, Copy, PartialEq)]
+enum Out {
+    None,
+    Raw,
+    Chunked,
+    UntilClose,
+}
+
+async fn write_response(
+    wr: &mut WriteHalf<'_>,
+    resp: Response<ProxyBody>,
+    is_head: bool,
+    client_minor: u8,
+    client_keep_alive: bool,
+) -> std::io::Result<Sent> {
+    let (mut parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let mut keep_alive = client_keep_alive;
+    let out_framing = if status == StatusCode::SWITCHING_PROTOCOLS
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Out::None
+    } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
+        if is_head { Out::None } else { Out::Raw }
+    } else if let Some(n) = body.size_hint().exact() {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        if is_head { Out::None } else { Out::Raw }
+    } else if is_head {
+        Out::None
+    } else if client_minor == 1 {
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        Out::Chunked
+    } else {
+        keep_alive = false;
+        Out::UntilClose
+    };
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        out.extend_from_slice(b"\r\n");
+        wr.write_all(&out).await?;
+        wr.flush().await?;
+        return match parts.extensions.remove::<Tunnel>() {
+            Some(t) => Ok(Sent::Upgraded(t)),
+            None => Err(std::io::Error::other("switched protocols without a tunnel")),
+        };
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if client_minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if out_framing == Out::None {
+        wr.write_all(&out).await?;
+        return Ok(Sent::Done { keep_alive });
+    }
+    loop {
+        // Gather what is ready now; write when the body would wait or enough has gathered.
+        let frame = match body.frame().now_or_never() {
+            Some(f) => f,
+            None => {
+                if !out.is_empty() {
+                    wr.write_all(&out).await?;
+                    out.clear();
+                }
+                body.frame().await
+            }
+        };
+        match frame {
+            None => break,
+            Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) => {
+                    if out_framing == Out::Chunked {
+                        write_chunk_header(data.len(), &mut out);
+                    }
+                    if out.len() + data.len() > WRITE_SIZE {
+                        wr.write_all(&out).await?;
+                        out.clear();
+                        wr.write_all(&data).await?;
+                    } else {
+                        out.extend_from_slice(&data);
+                    }
+                    if out_framing == Out::Chunked {
+                        out.extend_from_slice(b"\r\n");
+                    }
+                }
+                Err(frame) => {
+                    if let (Out::Chunked, Ok(trailers)) = (out_framing, frame.into_trailers()) {
+                        out.extend_from_slice(b"0\r\n");
+                        for (name, value) in &trailers {
+                            out.extend_from_slice(name.as_str().as_bytes());
+                            out.extend_from_slice(b": ");
+                            out.extend_from_slice(value.as_bytes());
+                            out.extend_from_slice(b"\r\n");
+                        }
+                        out.extend_from_slice(b"\r\n");
+                        wr.write_all(&out).await?;
+                        return Ok(Sent::Done { keep_alive });
+                    }
+                }
+            },
+        }
+    }
+    if out_framing == Out::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !out.is_empty() {
+        wr.write_all(&out).await?;
+    }
+    Ok(Sent::Done { keep_alive })
+}
+
+/// Copies bytes both ways between the client and the upgraded upstream connection until
+/// either side closes, or the version is removed after its drain timeout. Bytes the client
+/// sent after its upgrade request go first.
+async fn run_tunnel(mut client: TcpStream, early: Bytes, tunnel: Tunnel) {
+    let removed = tunnel.active.stats().removed();
+    let Ok(upstream) = tunnel.upstream.await else {
+        tracing::debug!("upstream upgrade failed");
+        return;
+    };
+    let mut upstream = TokioIo::new(upstream);
+    if !early.is_empty() && upstream.write_all(&early).await.is_err() {
+        return;
+    }
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        _ = removed => tracing::debug!("version removed after its drain timeout: upgraded connection closed"),
+    }
+    drop(tunnel.active);
+}
+
+/// A stream whose first bytes were already read: they are read again first.
+struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
