@@ -51,7 +51,7 @@ pub(super) async fn serve(mut stream: TcpStream, info: Arc<ConnInfo>, ctx: &Conn
                     prefix: buf.freeze(),
                     inner: stream,
                 });
-                return super::serve_http(io, info, ctx).await;
+                return Box::pin(super::serve_http(io, info, ctx)).await;
             } else {
                 match head.parse(&buf, limit) {
                     Ok(true) => break Ok(()),
@@ -143,7 +143,9 @@ pub(super) async fn serve(mut stream: TcpStream, info: Arc<ConnInfo>, ctx: &Conn
         drop(head_bytes);
 
         let has_body = pump.is_some();
-        let (outcome, body_read) = {
+        // Boxed, and held only while a request is in flight: an idle connection's task stays
+        // a few hundred bytes instead of the size of the whole exchange.
+        let (outcome, body_read) = Box::pin(async {
             let (mut rd, mut wr) = stream.split();
             let exchange = async {
                 let resp = ctx.worker.clone().handle(info.clone(), req).await;
@@ -171,7 +173,8 @@ pub(super) async fn serve(mut stream: TcpStream, info: Arc<ConnInfo>, ctx: &Conn
             // A body the upstream did not wait for: the connection cannot be read further.
             let body_read = body_read || (!pump_over && pumping.now_or_never().unwrap_or(false));
             (outcome, body_read)
-        };
+        })
+        .await;
         match outcome {
             Ok(Sent::Done { keep_alive }) => {
                 let stopping = shutdown.has_changed().unwrap_or(true) && *shutdown.borrow();

@@ -336,12 +336,21 @@ async fn serve_connection(
     };
     match &side.tls {
         None => http1::serve(stream, info(false), &ctx).await,
+        // Boxed: the task of every plaintext connection, idle ones included, would otherwise
+        // be as large as the TLS handshake and hyper's connection.
         Some(acceptor) => {
-            match tokio::time::timeout(ctx.header_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => serve_http(TokioIo::new(tls_stream), info(true), &ctx).await,
-                Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
-            }
+            Box::pin(async {
+                match tokio::time::timeout(ctx.header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        serve_http(TokioIo::new(tls_stream), info(true), &ctx).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+                }
+            })
+            .await
         }
     }
 }
