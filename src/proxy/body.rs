@@ -15,12 +15,15 @@ use crate::metrics::ActiveGuard;
 /// Why a request body read off a client connection broke off.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The frames of a request body read off a client connection, as they come.
+pub type BodyFrames = tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BodyError>>;
+
 /// A request body on its way upstream.
 pub enum RequestBody {
-    /// From a connection hyper serves (HTTP/2).
+    /// From a connection hyper serves (HTTP/2, and TLS).
     Hyper(Incoming),
     /// Read off the client connection by tidegate's HTTP/1.1 loop, frame by frame.
-    Streamed(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BodyError>>),
+    Streamed(BodyFrames),
     /// No body, or none any more (a retried bodiless request).
     Empty,
 }

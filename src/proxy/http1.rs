@@ -20,9 +20,9 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
-use super::body::{BodyError, RequestBody};
+use super::body::{BodyError, BodyFrames, RequestBody};
 use super::h1::{ChunkedDecoder, Decoded, Framing, HeadError, RequestHead, write_chunk_header};
-use super::service::{ConnInfo, Tunnel};
+use super::service::{ConnInfo, Tunnel, relay_tunnel};
 use super::{ConnCtx, ProxyBody, stopped};
 use crate::metrics::ErrorKind;
 
@@ -245,8 +245,6 @@ struct BodyPump {
     tx: mpsc::Sender<Result<Frame<Bytes>, BodyError>>,
 }
 
-type BodyFrames = mpsc::Receiver<Result<Frame<Bytes>, BodyError>>;
-
 impl BodyPump {
     /// The pump and the body the upstream request reads from it.
     fn new(remaining: Remaining) -> (BodyPump, BodyFrames) {
@@ -400,12 +398,7 @@ async fn write_response(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    write_fields(&parts.headers, &mut out);
     if status == StatusCode::SWITCHING_PROTOCOLS {
         out.extend_from_slice(b"\r\n");
         wr.write_all(&out).await?;
@@ -460,12 +453,7 @@ async fn write_response(
                 Err(frame) => {
                     if let (Out::Chunked, Ok(trailers)) = (out_framing, frame.into_trailers()) {
                         out.extend_from_slice(b"0\r\n");
-                        for (name, value) in &trailers {
-                            out.extend_from_slice(name.as_str().as_bytes());
-                            out.extend_from_slice(b": ");
-                            out.extend_from_slice(value.as_bytes());
-                            out.extend_from_slice(b"\r\n");
-                        }
+                        write_fields(&trailers, &mut out);
                         out.extend_from_slice(b"\r\n");
                         wr.write_all(&out).await?;
                         return Ok(Sent::Done { keep_alive });
@@ -483,6 +471,16 @@ async fn write_response(
     Ok(Sent::Done { keep_alive })
 }
 
+/// Header or trailer fields, one `name: value` line each.
+fn write_fields(fields: &HeaderMap, out: &mut Vec<u8>) {
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Copies bytes both ways between the client and the upgraded upstream connection until
 /// either side closes, or the version is removed after its drain timeout. Bytes the client
 /// sent after its upgrade request go first.
@@ -496,14 +494,7 @@ async fn run_tunnel(mut client: TcpStream, early: Bytes, tunnel: Tunnel) {
     if !early.is_empty() && upstream.write_all(&early).await.is_err() {
         return;
     }
-    tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
-            }
-        }
-        _ = removed => tracing::debug!("version removed after its drain timeout: upgraded connection closed"),
-    }
+    relay_tunnel(&mut client, &mut upstream, removed).await;
     drop(tunnel.active);
 }
 

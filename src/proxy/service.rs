@@ -328,16 +328,32 @@ impl Worker {
                     return;
                 }
             };
-            let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
-            tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "upgraded connection ended with an error");
-                    }
-                }
-                _ = removed => tracing::debug!("version removed after its drain timeout: upgraded connection closed"),
-            }
+            relay_tunnel(
+                &mut TokioIo::new(client),
+                &mut TokioIo::new(upstream),
+                removed,
+            )
+            .await;
         });
+    }
+}
+
+/// Copies bytes both ways between the two sides of an upgraded connection until either side
+/// closes, or `removed` fires (the version was removed after its drain timeout).
+pub(super) async fn relay_tunnel<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    removed: impl std::future::Future,
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(client, upstream) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        _ = removed => tracing::debug!("version removed after its drain timeout: upgraded connection closed"),
     }
 }
