@@ -10,6 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::idle::BusyGuard;
+use super::upstream_h1::UpstreamBody;
 use crate::metrics::ActiveGuard;
 
 /// Why a request body read off a client connection broke off.
@@ -63,16 +64,55 @@ impl Body for RequestBody {
     }
 }
 
+/// A response body from upstream: read off tidegate's own HTTP/1.1 connection, or from
+/// hyper's (HTTP/2, and upgrades).
+pub enum ResponseBody {
+    Upstream(UpstreamBody),
+    Hyper(Incoming),
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ResponseBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream(b) => b.is_end_stream(),
+            ResponseBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream(b) => b.size_hint(),
+            ResponseBody::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
 /// Drops the version's active count, and lets the connection go idle, when the body ends or
 /// the client goes away.
 pub struct TrackedBody {
-    inner: Incoming,
+    inner: ResponseBody,
     _active: ActiveGuard,
     _busy: BusyGuard,
 }
 
 impl TrackedBody {
-    pub fn new(inner: Incoming, active: ActiveGuard, busy: BusyGuard) -> TrackedBody {
+    pub fn new(inner: ResponseBody, active: ActiveGuard, busy: BusyGuard) -> TrackedBody {
         TrackedBody {
             inner,
             _active: active,
@@ -83,13 +123,13 @@ impl TrackedBody {
 
 impl Body for TrackedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     #[inline]
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 

@@ -318,7 +318,7 @@ impl BodyPump {
 }
 
 /// Trailer fields as a map; None when there are none.
-fn trailer_map(section: &[u8]) -> Option<HeaderMap> {
+pub(super) fn trailer_map(section: &[u8]) -> Option<HeaderMap> {
     if section.is_empty() {
         return None;
     }
@@ -472,7 +472,7 @@ async fn write_response(
 }
 
 /// Header or trailer fields, one `name: value` line each.
-fn write_fields(fields: &HeaderMap, out: &mut Vec<u8>) {
+pub(super) fn write_fields(fields: &HeaderMap, out: &mut Vec<u8>) {
     for (name, value) in fields {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");

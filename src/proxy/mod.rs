@@ -18,6 +18,7 @@ mod idle;
 mod service;
 pub mod tls;
 pub mod upstream;
+mod upstream_h1;
 
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};

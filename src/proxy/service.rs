@@ -162,11 +162,14 @@ impl Worker {
         let mut deadline = tokio::time::Instant::from_std(start) + target.timeout;
         let mut resp = loop {
             let _in_flight = endpoint.begin();
-            let sent = tokio::time::timeout_at(
-                deadline,
-                self.upstreams.send(protocol, endpoint.addr, up_req),
-            )
-            .await;
+            let sending = async {
+                if upgrade {
+                    self.upstreams.send_upgrade(endpoint.addr, up_req).await
+                } else {
+                    self.upstreams.send(protocol, endpoint.addr, up_req).await
+                }
+            };
+            let sent = tokio::time::timeout_at(deadline, sending).await;
             match sent {
                 Ok(Ok(resp)) => break resp,
                 Err(_) => {

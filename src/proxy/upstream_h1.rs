@@ -1,0 +1,496 @@
+//! tidegate's own HTTP/1.1 client for upstreams: pooled connections, each request written
+//! and its response read in the requesting task (no connection task, no channel), the
+//! response body read off the connection as the client takes it, and the connection handed
+//! back to the pool when the body ends.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+
+use super::body::{BodyError, RequestBody};
+use super::h1::{ChunkedDecoder, Decoded, Framing, ResponseHead, write_chunk_header};
+use super::upstream::{PoolSettings, UpstreamError, cause};
+
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 8 * 1024;
+/// The largest response head an upstream may send.
+const MAX_HEAD: usize = 64 * 1024;
+/// Request body bytes gathered before a write.
+const WRITE_SIZE: usize = 16 * 1024;
+
+/// One connection to an upstream, with the bytes read past the last message (none between
+/// exchanges of a well-behaved upstream).
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    /// Whether an idle pooled connection can carry a request: the upstream has not closed it
+    /// or sent bytes nobody asked for. Costs a syscall only when the socket reports readable.
+    fn is_usable(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+/// Idle connections by endpoint, most recently used last: a request takes the warmest, and
+/// connections idle longer than `idle_timeout` are closed before the upstream's own
+/// keep-alive timeout can race a request.
+pub(super) struct H1Pool {
+    idle: Mutex<IdleConnections>,
+    settings: PoolSettings,
+}
+
+#[derive(Default)]
+struct IdleConnections {
+    /// A worker talks to few endpoints: a short list beats hashing.
+    by_endpoint: Vec<(SocketAddr, Vec<(Conn, Instant)>)>,
+    last_sweep: Option<Instant>,
+}
+
+/// Why one exchange failed, and whether the request may go again on a fresh connection.
+struct ExchangeError {
+    cause: String,
+    /// Nothing came back and nothing of a body was sent: the upstream closed a pooled
+    /// connection as the request reached it.
+    resend: bool,
+}
+
+impl H1Pool {
+    pub(super) fn new(settings: PoolSettings) -> H1Pool {
+        H1Pool {
+            idle: Mutex::new(IdleConnections::default()),
+            settings,
+        }
+    }
+
+    fn take(&self, endpoint: SocketAddr) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = &mut idle.by_endpoint.iter_mut().find(|(a, _)| *a == endpoint)?.1;
+        let now = Instant::now();
+        while let Some((mut conn, since)) = list.pop() {
+            if now.duration_since(since) < self.settings.idle_timeout && conn.is_usable() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, endpoint: SocketAddr, conn: Conn) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let timeout = self.settings.idle_timeout;
+        // Now and then close connections idle too long everywhere, endpoints gone from the
+        // route table included.
+        if idle
+            .last_sweep
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            idle.last_sweep = Some(now);
+            for (_, list) in &mut idle.by_endpoint {
+                list.retain(|(_, since)| now.duration_since(*since) < timeout);
+            }
+            idle.by_endpoint.retain(|(_, list)| !list.is_empty());
+        }
+        let max = self.settings.max_idle_per_endpoint;
+        match idle.by_endpoint.iter_mut().find(|(a, _)| *a == endpoint) {
+            Some((_, list)) if list.len() < max => list.push((conn, now)),
+            Some(_) => {}
+            None if max > 0 => idle.by_endpoint.push((endpoint, vec![(conn, now)])),
+            None => {}
+        }
+    }
+
+    async fn connect(&self, endpoint: SocketAddr) -> Result<Conn, UpstreamError> {
+        let stream = connect(endpoint, self.settings.connect_timeout).await?;
+        Ok(Conn {
+            stream,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// Sends `req` (origin-form URI, `Host` among its headers) and reads the response head;
+    /// the body follows as the response's body is read.
+    pub(super) async fn send(
+        this: &Arc<H1Pool>,
+        endpoint: SocketAddr,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let (parts, mut body) = req.into_parts();
+        let mut head = Vec::with_capacity(512);
+        let chunked = encode_head(&parts, &body, &mut head);
+        let is_head = parts.method == Method::HEAD;
+        let (mut conn, mut reused) = match this.take(endpoint) {
+            Some(c) => (c, true),
+            None => (this.connect(endpoint).await?, false),
+        };
+        loop {
+            match exchange(&mut conn, &head, &mut body, chunked, is_head).await {
+                Ok(resp) => return Ok(respond(this, endpoint, conn, resp)),
+                Err(e) if e.resend && reused => {
+                    conn = this.connect(endpoint).await?;
+                    reused = false;
+                }
+                Err(e) => return Err(UpstreamError::Failed(e.cause)),
+            }
+        }
+    }
+}
+
+/// Connects with Nagle off (it would add 40 ms stalls to small writes).
+pub(super) async fn connect(
+    endpoint: SocketAddr,
+    limit: Duration,
+) -> Result<TcpStream, UpstreamError> {
+    let stream = tokio::time::timeout(limit, TcpStream::connect(endpoint))
+        .await
+        .map_err(|_| UpstreamError::Connect(format!("connect timed out after {limit:?}")))?
+        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Writes the request line and fields; true when the body goes chunked.
+fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u8>) -> bool {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    super::http1::write_fields(&parts.headers, out);
+    let mut chunked = false;
+    if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        match body.size_hint().exact() {
+            Some(n) => {
+                out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            }
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                chunked = true;
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    chunked
+}
+
+/// Writes the request and reads the response head (skipping interim 1xx answers). A
+/// response that comes before the body was all sent ends the sending: the connection then
+/// closes after the response.
+async fn exchange(
+    conn: &mut Conn,
+    head: &[u8],
+    body: &mut RequestBody,
+    chunked: bool,
+    is_head: bool,
+) -> Result<(ResponseHead, bool), ExchangeError> {
+    let (mut rd, mut wr) = conn.stream.split();
+    let body_started = AtomicBool::new(false);
+    let write = async {
+        wr.write_all(head).await?;
+        if !body.is_end_stream() {
+            send_body(&mut wr, body, chunked, &body_started).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let read = read_head(&mut rd, &mut conn.buf, is_head);
+    tokio::pin!(write, read);
+    let mut sent = false;
+    let result = loop {
+        tokio::select! {
+            biased;
+            r = &mut write, if !sent => match r {
+                Ok(()) => sent = true,
+                Err(e) => break Err((e.to_string(), true)),
+            },
+            r = &mut read => break r,
+        }
+    };
+    result
+        .map(|head| (head, sent))
+        .map_err(|(cause, nothing_read)| ExchangeError {
+            cause,
+            resend: nothing_read && !body_started.load(Relaxed),
+        })
+}
+
+/// Relays the request body: raw when it has a length, chunked otherwise.
+async fn send_body(
+    wr: &mut WriteHalf<'_>,
+    body: &mut RequestBody,
+    chunked: bool,
+    started: &AtomicBool,
+) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        started.store(true, Relaxed);
+        let frame = frame.map_err(|e| std::io::Error::other(e.to_string()))?;
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) if chunked => {
+                write_chunk_header(data.len(), &mut out);
+                if data.len() > WRITE_SIZE {
+                    wr.write_all(&out).await?;
+                    out.clear();
+                    wr.write_all(&data).await?;
+                } else {
+                    out.extend_from_slice(&data);
+                }
+                out.extend_from_slice(b"\r\n");
+                wr.write_all(&out).await?;
+                out.clear();
+            }
+            Ok(data) => wr.write_all(&data).await?,
+            Err(frame) => {
+                if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
+                    out.extend_from_slice(b"0\r\n");
+                    super::http1::write_fields(&trailers, &mut out);
+                    out.extend_from_slice(b"\r\n");
+                    return wr.write_all(&out).await;
+                }
+            }
+        }
+    }
+    if chunked {
+        wr.write_all(b"0\r\n\r\n").await?;
+    }
+    Ok(())
+}
+
+/// Reads a final response head into `buf`; on failure, the cause and whether the upstream
+/// closed before sending any byte.
+async fn read_head(
+    rd: &mut ReadHalf<'_>,
+    buf: &mut BytesMut,
+    is_head: bool,
+) -> Result<ResponseHead, (String, bool)> {
+    let method: &[u8] = if is_head { b"HEAD" } else { b"GET" };
+    let mut head = ResponseHead::default();
+    let mut any = !buf.is_empty();
+    loop {
+        if !buf.is_empty() {
+            match head.parse(buf, MAX_HEAD, method) {
+                Ok(true) if (100..200).contains(&head.status) && head.status != 101 => {
+                    buf.advance(head.len);
+                    continue;
+                }
+                Ok(true) => return Ok(head),
+                Ok(false) => {}
+                Err(e) => return Err((format!("invalid response: {e}"), false)),
+            }
+        }
+        buf.reserve(READ_SIZE);
+        match rd.read_buf(buf).await {
+            Ok(0) if !any => return Err(("connection closed before a response".into(), true)),
+            Ok(0) => return Err(("connection closed in the response head".into(), false)),
+            Ok(_) => any = true,
+            Err(e) => return Err((e.to_string(), !any)),
+        }
+    }
+}
+
+/// The response for the client: the head as `http` types, the body still on the connection.
+fn respond(
+    pool: &Arc<H1Pool>,
+    endpoint: SocketAddr,
+    mut conn: Conn,
+    (head, request_sent): (ResponseHead, bool),
+) -> Response<UpstreamBody> {
+    let bytes = conn.buf.split_to(head.len).freeze();
+    let mut headers = HeaderMap::with_capacity(head.fields.len());
+    for f in &head.fields {
+        if head.drop_content_length && f.is(&bytes, "content-length") {
+            continue;
+        }
+        let name = HeaderName::from_bytes(f.name.of(&bytes));
+        let value = HeaderValue::from_maybe_shared(
+            bytes.slice(f.value.start as usize..f.value.end as usize),
+        );
+        if let (Ok(name), Ok(value)) = (name, value) {
+            headers.append(name, value);
+        }
+    }
+    let mut resp = Response::new(UpstreamBody::empty());
+    *resp.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    *resp.version_mut() = Version::HTTP_11;
+    *resp.headers_mut() = headers;
+    // An upgrade's connection is never pooled; the tunnel is not run on this client.
+    let reusable = head.keep_alive && request_sent && head.status != 101;
+    let remaining = match head.framing() {
+        Framing::Empty => {
+            if reusable && conn.buf.is_empty() {
+                pool.put(endpoint, conn);
+            }
+            return resp;
+        }
+        Framing::Length(n) => Remaining::Length(n),
+        Framing::Chunked => Remaining::Chunked(Box::new(ChunkedDecoder::new(4096, MAX_HEAD))),
+        Framing::UntilClose => Remaining::UntilClose,
+    };
+    *resp.body_mut() = UpstreamBody {
+        conn: Some(conn),
+        remaining,
+        back_to: reusable.then(|| (pool.clone(), endpoint)),
+    };
+    resp
+}
+
+/// How much of a response body is still on the connection.
+enum Remaining {
+    Length(u64),
+    Chunked(Box<ChunkedDecoder>),
+    UntilClose,
+}
+
+/// A response body read off its upstream connection as the client takes it; the connection
+/// goes back to the pool at the body's end, and closes if the body is dropped before.
+pub struct UpstreamBody {
+    conn: Option<Conn>,
+    remaining: Remaining,
+    back_to: Option<(Arc<H1Pool>, SocketAddr)>,
+}
+
+impl UpstreamBody {
+    fn empty() -> UpstreamBody {
+        UpstreamBody {
+            conn: None,
+            remaining: Remaining::Length(0),
+            back_to: None,
+        }
+    }
+
+    /// The body ended: the connection carries the next request if nothing follows it.
+    fn finish(&mut self) {
+        if let (Some(conn), Some((pool, endpoint))) = (self.conn.take(), self.back_to.take())
+            && conn.buf.is_empty()
+        {
+            pool.put(endpoint, conn);
+        }
+    }
+
+    fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.conn = None;
+        Poll::Ready(Some(Err(why.into())))
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if !conn.buf.is_empty() {
+                match &mut this.remaining {
+                    Remaining::Length(n) => {
+                        let take = (*n).min(conn.buf.len() as u64) as usize;
+                        *n -= take as u64;
+                        let data = conn.buf.split_to(take).freeze();
+                        if *n == 0 {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Remaining::UntilClose => {
+                        return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
+                    }
+                    Remaining::Chunked(d) => match d.decode(&conn.buf) {
+                        Ok((used, Decoded::Data(range))) => {
+                            let chunk = conn.buf.split_to(used).freeze().slice(range);
+                            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                        }
+                        Ok((used, Decoded::NeedMore)) => conn.buf.advance(used),
+                        Ok((used, Decoded::End)) => {
+                            conn.buf.advance(used);
+                            let trailers = super::http1::trailer_map(d.trailers());
+                            this.finish();
+                            return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                        }
+                        Err(e) => return this.fail(format!("invalid chunked body: {e}")),
+                    },
+                }
+                continue;
+            }
+            if let Remaining::Length(0) = this.remaining {
+                this.finish();
+                return Poll::Ready(None);
+            }
+            conn.buf.reserve(READ_SIZE);
+            match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut conn.stream),
+                cx,
+                &mut conn.buf
+            )) {
+                Ok(0) if matches!(this.remaining, Remaining::UntilClose) => {
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail("upstream closed the connection mid-body".into()),
+                Ok(_) => {}
+                Err(e) => return this.fail(e.to_string()),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.conn, &self.remaining) {
+            (None, _) => SizeHint::with_exact(0),
+            (Some(_), Remaining::Length(n)) => SizeHint::with_exact(*n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// An upgrade request (WebSocket and the like) on a connection of its own, through hyper,
+/// which hands over the upgraded connection; never pooled.
+pub(super) async fn send_upgrade(
+    endpoint: SocketAddr,
+    connect_timeout: Duration,
+    req: Request<RequestBody>,
+) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
+    let stream = connect(endpoint, connect_timeout).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(format!("handshake: {}", cause(&e))))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%endpoint, error = %e, "upgraded upstream connection closed");
+        }
+    });
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| UpstreamError::Failed(cause(&e)))
+}
