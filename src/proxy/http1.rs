@@ -39,6 +39,10 @@ pub(super) async fn serve(mut stream: TcpStream, info: Arc<ConnInfo>, ctx: &Conn
     let limit = ctx.worker.max_header_bytes + 4096;
     let mut first = true;
     let mut shutdown = ctx.shutdown.clone();
+    // The connection's one timer: moved to the current deadline only when it fires early,
+    // so a request costs no timer registration.
+    let timer = tokio::time::sleep(ctx.header_timeout);
+    tokio::pin!(timer);
     loop {
         // The next head must arrive within the header timeout of the connection being ready
         // or of the previous response being sent.
@@ -62,34 +66,32 @@ pub(super) async fn serve(mut stream: TcpStream, info: Arc<ConnInfo>, ctx: &Conn
             if buf.is_empty() {
                 // Idle: hold no buffer while waiting.
                 buf = BytesMut::new();
-                let ready = tokio::select! {
-                    r = stream.readable() => r.is_ok(),
-                    _ = tokio::time::sleep_until(deadline) => {
-                        if first {
-                            ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
-                        }
-                        return;
-                    }
-                    _ = stopped(&mut shutdown) => return,
-                };
-                if !ready {
-                    return;
-                }
             }
-            buf.reserve(READ_SIZE);
-            let n = tokio::select! {
-                r = stream.read_buf(&mut buf) => match r {
-                    Ok(n) => n,
-                    Err(_) => return,
-                },
-                _ = tokio::time::sleep_until(deadline) => {
-                    ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
+            let ready = tokio::select! {
+                biased;
+                r = stream.readable() => r.is_ok(),
+                _ = &mut timer => {
+                    if tokio::time::Instant::now() < deadline {
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    // An idle keep-alive connection closing is no error; a slow head is.
+                    if first || !buf.is_empty() {
+                        ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
+                    }
                     return;
                 }
                 _ = stopped(&mut shutdown), if buf.is_empty() => return,
             };
-            if n == 0 {
+            if !ready {
                 return;
+            }
+            buf.reserve(READ_SIZE);
+            // Readable: the read is done at once (a false alarm waits again). A short read
+            // tells tokio the socket is drained, which saves a syscall on the next wait.
+            match stream.read_buf(&mut buf).now_or_never() {
+                Some(Ok(0)) | Some(Err(_)) => return,
+                Some(Ok(_)) | None => {}
             }
         };
         first = false;
