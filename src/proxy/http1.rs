@@ -4,6 +4,7 @@
 //! response with framing of its own. A connection that opens with the HTTP/2 preface is
 //! handed to hyper.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -67,24 +68,35 @@ pub(super) async fn serve(mut stream: TcpStream, info: Arc<ConnInfo>, ctx: &Conn
                 // Idle: hold no buffer while waiting.
                 buf = BytesMut::new();
             }
-            let ready = tokio::select! {
-                biased;
-                r = stream.readable() => r.is_ok(),
-                _ = &mut timer => {
-                    if tokio::time::Instant::now() < deadline {
-                        timer.as_mut().reset(deadline);
-                        continue;
-                    }
+            // Polled by hand: the connection's task stays small while it waits.
+            let idle = buf.is_empty();
+            let mut stop = std::pin::pin!(stopped(&mut shutdown));
+            let woke = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = stream.poll_read_ready(cx) {
+                    Poll::Ready(Woke::Readable(r.is_ok()))
+                } else if timer.as_mut().poll(cx).is_ready() {
+                    Poll::Ready(Woke::Timer)
+                } else if idle && stop.as_mut().poll(cx).is_ready() {
+                    Poll::Ready(Woke::Stopped)
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            match woke {
+                Woke::Readable(true) => {}
+                Woke::Readable(false) | Woke::Stopped => return,
+                Woke::Timer if tokio::time::Instant::now() < deadline => {
+                    timer.as_mut().reset(deadline);
+                    continue;
+                }
+                Woke::Timer => {
                     // An idle keep-alive connection closing is no error; a slow head is.
-                    if first || !buf.is_empty() {
+                    if first || !idle {
                         ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
                     }
                     return;
                 }
-                _ = stopped(&mut shutdown), if buf.is_empty() => return,
-            };
-            if !ready {
-                return;
             }
             buf.reserve(READ_SIZE);
             // Readable: the read is done at once (a false alarm waits again). A short read
@@ -105,13 +117,18 @@ pub(super) async fn serve(mut stream: TcpStream, info: Arc<ConnInfo>, ctx: &Conn
                 HeadError::Malformed(why) => format!("bad request: {why}"),
                 e => e.to_string(),
             };
-            let _ = refuse(&mut stream, e.request_status(), &cause).await;
+            let _ = Box::pin(refuse(&mut stream, e.request_status(), &cause)).await;
             return;
         }
         let head_bytes = buf.split_to(head.len).freeze();
         let Some(mut req) = request(&head, &head_bytes) else {
             ctx.worker.metrics.count_error(ErrorKind::BadRequest);
-            let _ = refuse(&mut stream, 400, "bad request: invalid request head").await;
+            let _ = Box::pin(refuse(
+                &mut stream,
+                400,
+                "bad request: invalid request head",
+            ))
+            .await;
             return;
         };
         let is_head = req.method() == Method::HEAD;
@@ -130,16 +147,7 @@ pub(super) async fn serve(mut stream: TcpStream, info: Arc<ConnInfo>, ctx: &Conn
             pump
         });
         // The client waits for this before sending its body.
-        if pump.is_some()
-            && head.expect_continue
-            && buf.is_empty()
-            && stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
-        {
-            return;
-        }
+        let send_continue = pump.is_some() && head.expect_continue && buf.is_empty();
         let client_keep_alive = head.keep_alive;
         let minor = head.minor_version;
         drop(head_bytes);
@@ -148,6 +156,11 @@ pub(super) async fn serve(mut stream: TcpStream, info: Arc<ConnInfo>, ctx: &Conn
         // Boxed, and held only while a request is in flight: an idle connection's task stays
         // a few hundred bytes instead of the size of the whole exchange.
         let (outcome, body_read) = Box::pin(async {
+            if send_continue
+                && let Err(e) = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await
+            {
+                return (Err(e), false);
+            }
             let (mut rd, mut wr) = stream.split();
             let exchange = async {
                 let resp = ctx.worker.clone().handle(info.clone(), req).await;
@@ -186,18 +199,26 @@ pub(super) async fn serve(mut stream: TcpStream, info: Arc<ConnInfo>, ctx: &Conn
                 }
             }
             Ok(Sent::Upgraded(tunnel)) => {
-                return run_tunnel(stream, buf.freeze(), tunnel).await;
+                return Box::pin(run_tunnel(stream, buf.freeze(), tunnel)).await;
             }
             Err(_) => return,
         }
     }
 }
 
+/// What ended a wait for the next bytes of a head.
+enum Woke {
+    Readable(bool),
+    Timer,
+    Stopped,
+}
+
 /// The request as the worker takes it; None when a part is not valid for `http`'s types.
 fn request(head: &RequestHead, bytes: &Bytes) -> Option<Request<RequestBody>> {
     let method = Method::from_bytes(head.method.of(bytes)).ok()?;
     let uri = Uri::from_maybe_shared(slice(bytes, head.target)).ok()?;
-    let mut headers = HeaderMap::with_capacity(head.fields.len());
+    // Room for the forwarding fields the worker adds: the map never grows on the way.
+    let mut headers = HeaderMap::with_capacity(head.fields.len() + 6);
     for f in &head.fields {
         let name = HeaderName::from_bytes(f.name.of(bytes)).ok()?;
         let value = HeaderValue::from_maybe_shared(slice(bytes, f.value)).ok()?;

@@ -35,6 +35,8 @@ const WRITE_SIZE: usize = 16 * 1024;
 struct Conn {
     stream: TcpStream,
     buf: BytesMut,
+    /// The last request head written, kept for its allocation.
+    head: Vec<u8>,
 }
 
 impl Conn {
@@ -126,6 +128,7 @@ impl H1Pool {
         Ok(Conn {
             stream,
             buf: BytesMut::new(),
+            head: Vec::with_capacity(512),
         })
     }
 
@@ -137,16 +140,20 @@ impl H1Pool {
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let (parts, mut body) = req.into_parts();
-        let mut head = Vec::with_capacity(512);
-        let chunked = encode_head(&parts, &body, &mut head);
         let is_head = parts.method == Method::HEAD;
         let (mut conn, mut reused) = match this.take(endpoint) {
             Some(c) => (c, true),
             None => (this.connect(endpoint).await?, false),
         };
+        let mut head = std::mem::take(&mut conn.head);
+        head.clear();
+        let chunked = encode_head(&parts, &body, &mut head);
         loop {
             match exchange(&mut conn, &head, &mut body, chunked, is_head).await {
-                Ok(resp) => return Ok(respond(this, endpoint, conn, resp)),
+                Ok(resp) => {
+                    conn.head = head;
+                    return Ok(respond(this, endpoint, conn, resp));
+                }
                 Err(e) if e.resend && reused => {
                     conn = this.connect(endpoint).await?;
                     reused = false;
@@ -317,7 +324,7 @@ fn respond(
     (head, request_sent): (ResponseHead, bool),
 ) -> Response<UpstreamBody> {
     let bytes = conn.buf.split_to(head.len).freeze();
-    let mut headers = HeaderMap::with_capacity(head.fields.len());
+    let mut headers = HeaderMap::with_capacity(head.fields.len() + 1);
     for f in &head.fields {
         if head.drop_content_length && f.is(&bytes, "content-length") {
             continue;
