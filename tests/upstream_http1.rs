@@ -151,8 +151,8 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_the_upstream_closed_is_never_the_answer() {
-    // Connection 0 answers once and closes at once; connection 1 answers once, then closes
-    // when the next request reaches it (the keep-alive race); later ones answer everything.
+    // Connection 0 answers once and closes at once; connections 1 and 2 answer once, then
+    // close when the next request reaches them (the keep-alive race); later ones answer all.
     let backend = scripted(|mut c, n| async move {
         match n {
             0 => {
@@ -160,7 +160,7 @@ async fn a_pooled_connection_the_upstream_closed_is_never_the_answer() {
                     c.send(OK).await;
                 }
             }
-            1 => {
+            1 | 2 => {
                 if c.head().await.is_some() {
                     c.send(OK).await;
                 }
@@ -186,6 +186,16 @@ async fn a_pooled_connection_the_upstream_closed_is_never_the_answer() {
     let (status, text, _) = fetch(&mut client, Method::GET, "/c").await;
     assert_eq!((status, text.as_str()), (200, "ok"));
     assert_eq!(backend.conns.load(Ordering::SeqCst), 3);
+    // A POST may have been acted on: it is not sent twice, the client hears of the failure.
+    let (status, text, _) = fetch(&mut client, Method::POST, "/d").await;
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("closed before a response"), "{text}");
+    assert_eq!(
+        backend.conns.load(Ordering::SeqCst),
+        3,
+        "no second connection for it"
+    );
+    assert_eq!(fetch(&mut client, Method::GET, "/e").await.0, 200);
     proxy.process.shutdown().await;
 }
 

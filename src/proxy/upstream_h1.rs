@@ -140,7 +140,6 @@ impl H1Pool {
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let (parts, mut body) = req.into_parts();
-        let is_head = parts.method == Method::HEAD;
         let (mut conn, mut reused) = match this.take(endpoint) {
             Some(c) => (c, true),
             None => (this.connect(endpoint).await?, false),
@@ -149,7 +148,7 @@ impl H1Pool {
         head.clear();
         let chunked = encode_head(&parts, &body, &mut head);
         loop {
-            match exchange(&mut conn, &head, &mut body, chunked, is_head).await {
+            match exchange(&mut conn, &head, &mut body, chunked, &parts.method).await {
                 Ok(resp) => {
                     conn.head = head;
                     return Ok(respond(this, endpoint, conn, resp));
@@ -203,14 +202,20 @@ fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u
 
 /// Writes the request and reads the response head (skipping interim 1xx answers). A
 /// response that comes before the body was all sent ends the sending: the connection then
-/// closes after the response.
+/// closes after the response. A request the upstream closed on without answering may go
+/// again if it did not all leave, or if its method is idempotent (RFC 9110 9.2.2) and no
+/// body was sent.
 async fn exchange(
     conn: &mut Conn,
     head: &[u8],
     body: &mut RequestBody,
     chunked: bool,
-    is_head: bool,
+    method: &Method,
 ) -> Result<(ResponseHead, bool), ExchangeError> {
+    let idempotent = matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
     let (mut rd, mut wr) = conn.stream.split();
     let body_started = AtomicBool::new(false);
     let write = async {
@@ -220,7 +225,7 @@ async fn exchange(
         }
         Ok::<_, std::io::Error>(())
     };
-    let read = read_head(&mut rd, &mut conn.buf, is_head);
+    let read = read_head(&mut rd, &mut conn.buf, *method == Method::HEAD);
     tokio::pin!(write, read);
     let mut sent = false;
     let result = loop {
@@ -237,7 +242,7 @@ async fn exchange(
         .map(|head| (head, sent))
         .map_err(|(cause, nothing_read)| ExchangeError {
             cause,
-            resend: nothing_read && !body_started.load(Relaxed),
+            resend: nothing_read && !body_started.load(Relaxed) && (!sent || idempotent),
         })
 }
 
