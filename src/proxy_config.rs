@@ -247,8 +247,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request head (request line plus headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
-    /// Upstream connections kept per endpoint for reuse, busy or idle; under more
-    /// concurrency than this, the extra connections close after their request.
+    /// Idle upstream connections kept per endpoint and worker for reuse; under more
+    /// concurrency than this, the extra connections close after their request (a new
+    /// connection per request from then on: keep it above the concurrency you expect).
     pub max_idle_per_endpoint: usize,
 }
 
@@ -257,7 +258,7 @@ impl Default for Limits {
         Limits {
             max_connections: 10_000,
             max_header_bytes: 16 * 1024,
-            max_idle_per_endpoint: 256,
+            max_idle_per_endpoint: 1024,
         }
     }
 }
