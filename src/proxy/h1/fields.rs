@@ -9,11 +9,15 @@ pub struct Span {
 
 impl Span {
     /// The range of `part`, a slice of `buf`.
+    /// Where `part`, a slice of `buf`, lies in it. An empty part may point elsewhere
+    /// (httparse gives a missing reason phrase as a static `""`): it spans nothing.
     pub(super) fn within(buf: &[u8], part: &[u8]) -> Span {
-        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-        Span {
-            start: start as u32,
-            end: (start + part.len()) as u32,
+        match (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize) {
+            Some(start) if start + part.len() <= buf.len() => Span {
+                start: start as u32,
+                end: (start + part.len()) as u32,
+            },
+            _ => Span::default(),
         }
     }
 

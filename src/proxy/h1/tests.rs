@@ -367,3 +367,13 @@ fn chunk_headers_are_written_in_hex() {
     write_chunk_header(1, &mut out);
     assert_eq!(out, b"ff\r\n1\r\n");
 }
+
+#[test]
+fn a_response_without_a_reason_phrase_parses() {
+    // Found by the response_head fuzz target: the missing reason's span pointed outside.
+    let raw = "HTTP/1.0 121\n\nHTTP/\r.";
+    let head = response(raw, "GET").expect("parses");
+    assert_eq!((head.status, head.len), (121, 14));
+    assert!(head.reason.is_empty());
+    assert_eq!(head.framing(), Framing::Empty);
+}
