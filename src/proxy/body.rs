@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use hyper::body::Incoming;
 
 use super::idle::BusyGuard;
@@ -66,42 +67,7 @@ impl Body for RequestBody {
 
 /// A response body from upstream: read off tidegate's own HTTP/1.1 connection, or from
 /// hyper's (HTTP/2, and upgrades).
-pub enum ResponseBody {
-    Upstream(UpstreamBody),
-    Hyper(Incoming),
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    #[inline]
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx),
-            ResponseBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    #[inline]
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Upstream(b) => b.is_end_stream(),
-            ResponseBody::Hyper(b) => b.is_end_stream(),
-        }
-    }
-
-    #[inline]
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Upstream(b) => b.size_hint(),
-            ResponseBody::Hyper(b) => b.size_hint(),
-        }
-    }
-}
+pub type ResponseBody = Either<UpstreamBody, Incoming>;
 
 /// Drops the version's active count, and lets the connection go idle, when the body ends or
 /// the client goes away.

@@ -236,7 +236,7 @@ fn request(head: &RequestHead, bytes: &Bytes) -> Option<Request<RequestBody>> {
     Some(req)
 }
 
-fn slice(bytes: &Bytes, span: super::h1::Span) -> Bytes {
+pub(super) fn slice(bytes: &Bytes, span: super::h1::Span) -> Bytes {
     bytes.slice(span.start as usize..span.end as usize)
 }
 

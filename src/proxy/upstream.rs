@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -38,7 +39,6 @@ pub enum UpstreamError {
 pub struct Upstreams {
     http1: Arc<H1Pool>,
     http2: H2Connections,
-    connect_timeout: Duration,
 }
 
 impl Upstreams {
@@ -49,7 +49,6 @@ impl Upstreams {
                 by_endpoint: Mutex::new(HashMap::new()),
                 connect_timeout: s.connect_timeout,
             },
-            connect_timeout: s.connect_timeout,
         }
     }
 
@@ -65,7 +64,7 @@ impl Upstreams {
         match protocol {
             UpstreamProtocol::Http1 => H1Pool::send(&self.http1, endpoint, req)
                 .await
-                .map(|r| r.map(ResponseBody::Upstream)),
+                .map(|r| r.map(Either::Left)),
             UpstreamProtocol::Http2 => self.http2.send(endpoint, req).await.map(hyper_body),
         }
     }
@@ -77,14 +76,12 @@ impl Upstreams {
         endpoint: SocketAddr,
         req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        upstream_h1::send_upgrade(endpoint, self.connect_timeout, req)
-            .await
-            .map(hyper_body)
+        self.http1.send_upgrade(endpoint, req).await.map(hyper_body)
     }
 }
 
 fn hyper_body(resp: Response<Incoming>) -> Response<ResponseBody> {
-    resp.map(ResponseBody::Hyper)
+    resp.map(Either::Right)
 }
 
 pub(super) fn cause(e: &dyn std::error::Error) -> String {

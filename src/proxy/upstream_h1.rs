@@ -27,7 +27,7 @@ use super::upstream::{PoolSettings, UpstreamError, cause};
 const READ_SIZE: usize = 8 * 1024;
 /// The largest response head an upstream may send.
 const MAX_HEAD: usize = 64 * 1024;
-/// Request body bytes gathered before a write.
+/// A request body chunk larger than this is written on its own instead of copied.
 const WRITE_SIZE: usize = 16 * 1024;
 
 /// One connection to an upstream, with the bytes read past the last message (none between
@@ -73,8 +73,8 @@ struct IdleConnections {
 /// Why one exchange failed, and whether the request may go again on a fresh connection.
 struct ExchangeError {
     cause: String,
-    /// Nothing came back and nothing of a body was sent: the upstream closed a pooled
-    /// connection as the request reached it.
+    /// The upstream closed the connection as the request reached it: nothing came back,
+    /// nothing of a body was sent, and the request did not all leave or may go twice.
     resend: bool,
 }
 
@@ -161,6 +161,29 @@ impl H1Pool {
             }
         }
     }
+
+    /// An upgrade request (WebSocket and the like) on a connection of its own, through hyper,
+    /// which hands over the upgraded connection; never pooled.
+    pub(super) async fn send_upgrade(
+        &self,
+        endpoint: SocketAddr,
+        req: Request<RequestBody>,
+    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
+        let stream = connect(endpoint, self.settings.connect_timeout).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| UpstreamError::Connect(format!("handshake: {}", cause(&e))))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%endpoint, error = %e, "upgraded upstream connection closed");
+            }
+        });
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| UpstreamError::Failed(cause(&e)))
+    }
 }
 
 /// Connects with Nagle off (it would add 40 ms stalls to small writes).
@@ -225,7 +248,7 @@ async fn exchange(
         }
         Ok::<_, std::io::Error>(())
     };
-    let read = read_head(&mut rd, &mut conn.buf, *method == Method::HEAD);
+    let read = read_head(&mut rd, &mut conn.buf, method.as_str().as_bytes());
     tokio::pin!(write, read);
     let mut sent = false;
     let result = loop {
@@ -289,14 +312,13 @@ async fn send_body(
     Ok(())
 }
 
-/// Reads a final response head into `buf`; on failure, the cause and whether the upstream
-/// closed before sending any byte.
+/// Reads the final response head to a `method` request into `buf`; on failure, the cause
+/// and whether the upstream closed before sending any byte.
 async fn read_head(
     rd: &mut ReadHalf<'_>,
     buf: &mut BytesMut,
-    is_head: bool,
+    method: &[u8],
 ) -> Result<ResponseHead, (String, bool)> {
-    let method: &[u8] = if is_head { b"HEAD" } else { b"GET" };
     let mut head = ResponseHead::default();
     let mut any = !buf.is_empty();
     loop {
@@ -335,9 +357,7 @@ fn respond(
             continue;
         }
         let name = HeaderName::from_bytes(f.name.of(&bytes));
-        let value = HeaderValue::from_maybe_shared(
-            bytes.slice(f.value.start as usize..f.value.end as usize),
-        );
+        let value = HeaderValue::from_maybe_shared(super::http1::slice(&bytes, f.value));
         if let (Ok(name), Ok(value)) = (name, value) {
             headers.append(name, value);
         }
@@ -450,10 +470,6 @@ impl Body for UpstreamBody {
                 }
                 continue;
             }
-            if let Remaining::Length(0) = this.remaining {
-                this.finish();
-                return Poll::Ready(None);
-            }
             conn.buf.reserve(READ_SIZE);
             match ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut conn.stream),
@@ -482,27 +498,4 @@ impl Body for UpstreamBody {
             _ => SizeHint::default(),
         }
     }
-}
-
-/// An upgrade request (WebSocket and the like) on a connection of its own, through hyper,
-/// which hands over the upgraded connection; never pooled.
-pub(super) async fn send_upgrade(
-    endpoint: SocketAddr,
-    connect_timeout: Duration,
-    req: Request<RequestBody>,
-) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
-    let stream = connect(endpoint, connect_timeout).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Connect(format!("handshake: {}", cause(&e))))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(%endpoint, error = %e, "upgraded upstream connection closed");
-        }
-    });
-    sender
-        .send_request(req)
-        .await
-        .map_err(|e| UpstreamError::Failed(cause(&e)))
 }
