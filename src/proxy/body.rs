@@ -74,11 +74,11 @@ pub type ResponseBody = Either<UpstreamBody, Incoming>;
 pub struct TrackedBody {
     inner: ResponseBody,
     _active: ActiveGuard,
-    _busy: BusyGuard,
+    _busy: Option<BusyGuard>,
 }
 
 impl TrackedBody {
-    pub fn new(inner: ResponseBody, active: ActiveGuard, busy: BusyGuard) -> TrackedBody {
+    pub fn new(inner: ResponseBody, active: ActiveGuard, busy: Option<BusyGuard>) -> TrackedBody {
         TrackedBody {
             inner,
             _active: active,

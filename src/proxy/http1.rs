@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use super::body::{BodyError, BodyFrames, RequestBody};
 use super::h1::{ChunkedDecoder, Decoded, Framing, HeadError, RequestHead, write_chunk_header};
 use super::service::{ConnInfo, Tunnel, relay_tunnel};
-use super::{ConnCtx, ProxyBody, stopped};
+use super::{ConnCtx, ConnGuards, ProxyBody};
 use crate::metrics::ErrorKind;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -34,80 +34,113 @@ const READ_SIZE: usize = 8 * 1024;
 const WRITE_SIZE: usize = 16 * 1024;
 
 /// Serves one plaintext client connection until it closes, idles out, or the worker stops.
-pub(super) async fn serve(mut stream: TcpStream, info: Arc<ConnInfo>, ctx: &ConnCtx) {
-    let mut buf = BytesMut::new();
-    let mut head = RequestHead::default();
-    let limit = ctx.worker.max_header_bytes + 4096;
-    let mut first = true;
-    let mut shutdown = ctx.shutdown.clone();
-    // The connection's one timer: moved to the current deadline only when it fires early,
-    // so a request costs no timer registration.
-    let timer = tokio::time::sleep(ctx.header_timeout);
-    tokio::pin!(timer);
-    loop {
-        // The next head must arrive within the header timeout of the connection being ready
-        // or of the previous response being sent.
-        let deadline = tokio::time::Instant::now() + ctx.header_timeout;
-        let parsed = loop {
-            if first && buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
-                // Maybe HTTP/2 with prior knowledge: wait for the whole preface.
-            } else if first && buf.starts_with(H2_PREFACE) {
-                let io = TokioIo::new(Prefixed {
-                    prefix: buf.freeze(),
-                    inner: stream,
-                });
-                return Box::pin(super::serve_http(io, info, ctx)).await;
-            } else {
-                match head.parse(&buf, limit) {
-                    Ok(true) => break Ok(()),
-                    Ok(false) => {}
-                    Err(e) => break Err(e),
-                }
-            }
-            if buf.is_empty() {
-                // Idle: hold no buffer while waiting.
-                buf = BytesMut::new();
-            }
-            // Polled by hand: the connection's task stays small while it waits.
-            let idle = buf.is_empty();
-            let mut stop = std::pin::pin!(stopped(&mut shutdown));
-            let woke = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = stream.poll_read_ready(cx) {
-                    Poll::Ready(Woke::Readable(r.is_ok()))
-                } else if timer.as_mut().poll(cx).is_ready() {
-                    Poll::Ready(Woke::Timer)
-                } else if idle && stop.as_mut().poll(cx).is_ready() {
-                    Poll::Ready(Woke::Stopped)
-                } else {
-                    Poll::Pending
-                }
-            })
-            .await;
-            match woke {
-                Woke::Readable(true) => {}
-                Woke::Readable(false) | Woke::Stopped => return,
-                Woke::Timer if tokio::time::Instant::now() < deadline => {
-                    timer.as_mut().reset(deadline);
-                    continue;
-                }
-                Woke::Timer => {
-                    // An idle keep-alive connection closing is no error; a slow head is.
-                    if first || !idle {
-                        ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
+///
+/// Not an `async fn`, whose arguments would be kept twice in the task. The task is what an
+/// idle keep-alive connection costs: it holds the socket, the connection's facts, its timer
+/// and little else; each request's state lives in a box only while the request does.
+pub(super) fn serve(
+    mut stream: TcpStream,
+    info: ConnInfo,
+    ctx: Arc<ConnCtx>,
+    guards: ConnGuards,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _guards = &guards;
+        let mut buf = BytesMut::new();
+        let mut first = true;
+        // The connection's one timer: moved to the current deadline only when it fires early,
+        // so a request costs no timer registration.
+        let timer = tokio::time::sleep(ctx.header_timeout);
+        tokio::pin!(timer);
+        loop {
+            // The next head must arrive within the header timeout of the connection being
+            // ready or of the previous response being sent.
+            let deadline = tokio::time::Instant::now() + ctx.header_timeout;
+            // A block of its own, so that `parsed` is gone before the request is waited on.
+            let step = {
+                let parsed = loop {
+                    if first && buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
+                        // Maybe HTTP/2 with prior knowledge: wait for the whole preface.
+                    } else if first && buf.starts_with(H2_PREFACE) {
+                        let io = TokioIo::new(Prefixed {
+                            prefix: buf.freeze(),
+                            inner: stream,
+                        });
+                        return Box::pin(super::serve_http(io, info, &ctx)).await;
+                    } else {
+                        // Made afresh for each look: a head is never kept across a wait.
+                        let mut head = RequestHead::default();
+                        match head.parse(&buf, ctx.worker.max_header_bytes + 4096) {
+                            Ok(true) => break Ok(head),
+                            Ok(false) => {}
+                            Err(e) => break Err(e),
+                        }
                     }
-                    return;
-                }
+                    if buf.is_empty() {
+                        // Idle: hold no buffer while waiting.
+                        buf = BytesMut::new();
+                    }
+                    // Polled by hand: the connection's task stays small while it waits.
+                    let idle = buf.is_empty();
+                    let mut stop = std::pin::pin!(ctx.stop.notified());
+                    let woke = std::future::poll_fn(|cx| {
+                        if let Poll::Ready(r) = stream.poll_read_ready(cx) {
+                            Poll::Ready(Woke::Readable(r.is_ok()))
+                        } else if timer.as_mut().poll(cx).is_ready() {
+                            Poll::Ready(Woke::Timer)
+                        } else if idle && (stop.as_mut().poll(cx).is_ready() || ctx.stopping()) {
+                            Poll::Ready(Woke::Stopped)
+                        } else {
+                            Poll::Pending
+                        }
+                    })
+                    .await;
+                    match woke {
+                        Woke::Readable(true) => {}
+                        Woke::Readable(false) | Woke::Stopped => return,
+                        Woke::Timer if tokio::time::Instant::now() < deadline => {
+                            timer.as_mut().reset(deadline);
+                            continue;
+                        }
+                        Woke::Timer => {
+                            // An idle keep-alive connection closing is no error; a slow head is.
+                            if first || !idle {
+                                ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
+                            }
+                            return;
+                        }
+                    }
+                    buf.reserve(READ_SIZE);
+                    // Readable: the read is done at once (a false alarm waits again). A short
+                    // read tells tokio the socket is drained, which saves a syscall on the next
+                    // wait.
+                    match stream.read_buf(&mut buf).now_or_never() {
+                        Some(Ok(0)) | Some(Err(_)) => return,
+                        Some(Ok(_)) | None => {}
+                    }
+                };
+                first = false;
+                Box::pin(after_head(&mut stream, &info, &ctx, &mut buf, parsed))
+            };
+            if !step.await {
+                return;
             }
-            buf.reserve(READ_SIZE);
-            // Readable: the read is done at once (a false alarm waits again). A short read
-            // tells tokio the socket is drained, which saves a syscall on the next wait.
-            match stream.read_buf(&mut buf).now_or_never() {
-                Some(Ok(0)) | Some(Err(_)) => return,
-                Some(Ok(_)) | None => {}
-            }
-        };
-        first = false;
-        if let Err(e) = parsed {
+        }
+    }
+}
+
+/// Serves the request whose head was read, or refuses a head that could not be; false when
+/// the connection is done.
+async fn after_head(
+    stream: &mut TcpStream,
+    info: &ConnInfo,
+    ctx: &ConnCtx,
+    buf: &mut BytesMut,
+    parsed: Result<RequestHead, HeadError>,
+) -> bool {
+    let next = match parsed {
+        Ok(head) => one_request(stream, info, ctx, buf, head).await,
+        Err(e) => {
             let kind = match e {
                 HeadError::TooLarge(_) => ErrorKind::HeaderTooLarge,
                 _ => ErrorKind::BadRequest,
@@ -117,92 +150,111 @@ pub(super) async fn serve(mut stream: TcpStream, info: Arc<ConnInfo>, ctx: &Conn
                 HeadError::Malformed(why) => format!("bad request: {why}"),
                 e => e.to_string(),
             };
-            let _ = Box::pin(refuse(&mut stream, e.request_status(), &cause)).await;
-            return;
+            Next::Refuse(e.request_status(), cause)
         }
-        let head_bytes = buf.split_to(head.len).freeze();
-        let Some(mut req) = request(&head, &head_bytes) else {
-            ctx.worker.metrics.count_error(ErrorKind::BadRequest);
-            let _ = Box::pin(refuse(
-                &mut stream,
-                400,
-                "bad request: invalid request head",
-            ))
-            .await;
-            return;
-        };
-        let is_head = req.method() == Method::HEAD;
-        let framing = head.framing();
-        let remaining = match framing {
-            Framing::Empty | Framing::UntilClose => None,
-            Framing::Length(n) => Some(Remaining::Length(n)),
-            Framing::Chunked => Some(Remaining::Chunked(Box::new(ChunkedDecoder::new(
-                4096,
-                ctx.worker.max_header_bytes,
-            )))),
-        };
-        let pump = remaining.map(|remaining| {
-            let (pump, rx) = BodyPump::new(remaining);
-            *req.body_mut() = RequestBody::Streamed(rx);
-            pump
-        });
-        // The client waits for this before sending its body.
-        let send_continue = pump.is_some() && head.expect_continue && buf.is_empty();
-        let client_keep_alive = head.keep_alive;
-        let minor = head.minor_version;
-        drop(head_bytes);
+    };
+    match next {
+        Next::Another => return true,
+        Next::Close => {
+            let _ = stream.shutdown().await;
+        }
+        Next::Refuse(status, cause) => {
+            let _ = refuse(stream, status, &cause).await;
+        }
+        Next::Gone => {}
+        Next::Tunnel(tunnel) => Box::pin(run_tunnel(stream, buf.split().freeze(), tunnel)).await,
+    }
+    false
+}
 
-        let has_body = pump.is_some();
-        // Boxed, and held only while a request is in flight: an idle connection's task stays
-        // a few hundred bytes instead of the size of the whole exchange.
-        let (outcome, body_read) = Box::pin(async {
-            if send_continue
-                && let Err(e) = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await
-            {
-                return (Err(e), false);
-            }
-            let (mut rd, mut wr) = stream.split();
-            let exchange = async {
-                let resp = ctx.worker.clone().handle(info.clone(), req).await;
-                write_response(&mut wr, resp, is_head, minor, client_keep_alive).await
-            };
-            // The pump owns the body's sender: when it is done the upstream sees the end.
-            let pumping = async {
-                match pump {
-                    Some(p) => p.run(&mut rd, &mut buf).await,
-                    None => true,
-                }
-            };
-            tokio::pin!(exchange, pumping);
-            let mut body_read = !has_body;
-            let mut pump_over = !has_body;
-            let outcome = loop {
-                tokio::select! {
-                    r = &mut exchange => break r,
-                    done = &mut pumping, if !pump_over => {
-                        pump_over = true;
-                        body_read = done;
-                    }
-                }
-            };
-            // A body the upstream did not wait for: the connection cannot be read further.
-            let body_read = body_read || (!pump_over && pumping.now_or_never().unwrap_or(false));
-            (outcome, body_read)
-        })
-        .await;
-        match outcome {
-            Ok(Sent::Done { keep_alive }) => {
-                let stopping = shutdown.has_changed().unwrap_or(true) && *shutdown.borrow();
-                if !(keep_alive && body_read && !stopping) {
-                    let _ = stream.shutdown().await;
-                    return;
-                }
-            }
-            Ok(Sent::Upgraded(tunnel)) => {
-                return Box::pin(run_tunnel(stream, buf.freeze(), tunnel)).await;
-            }
-            Err(_) => return,
+/// What a connection does after a request.
+enum Next {
+    /// Wait for the next request.
+    Another,
+    /// Close after the response.
+    Close,
+    /// Answer with this status and cause, and close.
+    Refuse(u16, String),
+    /// The connection broke: nothing more to send.
+    Gone,
+    /// Relay the upgraded connection.
+    Tunnel(Tunnel),
+}
+
+/// One request, from its parsed head to its response's last byte.
+async fn one_request(
+    stream: &mut TcpStream,
+    info: &ConnInfo,
+    ctx: &ConnCtx,
+    buf: &mut BytesMut,
+    head: RequestHead,
+) -> Next {
+    let head_bytes = buf.split_to(head.len).freeze();
+    let Some(mut req) = request(&head, &head_bytes) else {
+        ctx.worker.metrics.count_error(ErrorKind::BadRequest);
+        return Next::Refuse(400, "bad request: invalid request head".into());
+    };
+    drop(head_bytes);
+    let is_head = req.method() == Method::HEAD;
+    let remaining = match head.framing() {
+        Framing::Empty | Framing::UntilClose => None,
+        Framing::Length(n) => Some(Remaining::Length(n)),
+        Framing::Chunked => Some(Remaining::Chunked(Box::new(ChunkedDecoder::new(
+            4096,
+            ctx.worker.max_header_bytes,
+        )))),
+    };
+    let pump = remaining.map(|remaining| {
+        let (pump, rx) = BodyPump::new(remaining);
+        *req.body_mut() = RequestBody::Streamed(rx);
+        pump
+    });
+    // The client waits for this before sending its body.
+    let send_continue = pump.is_some() && head.expect_continue && buf.is_empty();
+    let (client_keep_alive, minor) = (head.keep_alive, head.minor_version);
+    drop(head);
+    if send_continue
+        && stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+    {
+        return Next::Gone;
+    }
+    let has_body = pump.is_some();
+    let (mut rd, mut wr) = stream.split();
+    let exchange = async {
+        let resp = ctx.worker.handle(info, req).await;
+        write_response(&mut wr, resp, is_head, minor, client_keep_alive).await
+    };
+    // The pump owns the body's sender: when it is done the upstream sees the end.
+    let pumping = async {
+        match pump {
+            Some(p) => p.run(&mut rd, buf).await,
+            None => true,
         }
+    };
+    tokio::pin!(exchange, pumping);
+    let mut body_read = !has_body;
+    let mut pump_over = !has_body;
+    let outcome = loop {
+        tokio::select! {
+            r = &mut exchange => break r,
+            done = &mut pumping, if !pump_over => {
+                pump_over = true;
+                body_read = done;
+            }
+        }
+    };
+    // A body the upstream did not wait for: the connection cannot be read further.
+    let body_read = body_read || (!pump_over && pumping.now_or_never().unwrap_or(false));
+    match outcome {
+        Ok(Sent::Done { keep_alive }) if keep_alive && body_read && !ctx.stopping() => {
+            Next::Another
+        }
+        Ok(Sent::Done { .. }) => Next::Close,
+        Ok(Sent::Upgraded(tunnel)) => Next::Tunnel(tunnel),
+        Err(_) => Next::Gone,
     }
 }
 
@@ -507,7 +559,7 @@ pub(super) fn write_fields(fields: &HeaderMap, out: &mut Vec<u8>) {
 /// Copies bytes both ways between the client and the upgraded upstream connection until
 /// either side closes, or the version is removed after its drain timeout. Bytes the client
 /// sent after its upgrade request go first.
-async fn run_tunnel(mut client: TcpStream, early: Bytes, tunnel: Tunnel) {
+async fn run_tunnel(client: &mut TcpStream, early: Bytes, tunnel: Tunnel) {
     let removed = tunnel.active.stats().removed();
     let Ok(upstream) = tunnel.upstream.await else {
         tracing::debug!("upstream upgrade failed");
@@ -517,7 +569,7 @@ async fn run_tunnel(mut client: TcpStream, early: Bytes, tunnel: Tunnel) {
     if !early.is_empty() && upstream.write_all(&early).await.is_err() {
         return;
     }
-    relay_tunnel(&mut client, &mut upstream, removed).await;
+    relay_tunnel(client, &mut upstream, removed).await;
     drop(tunnel.active);
 }
 

@@ -24,6 +24,7 @@ use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 pub use drain::DrainTracker;
 use forwarding::Peer;
@@ -206,6 +207,16 @@ struct ConnCtx {
     shutdown: watch::Receiver<bool>,
     /// The TLS handshake, and then the first request head, must each arrive within this.
     header_timeout: Duration,
+    /// Set, and `stop` notified, when the worker begins to stop: idle HTTP/1.1 connections
+    /// close. Smaller to wait on than a clone of `shutdown`, which each of them would hold.
+    stopping: AtomicBool,
+    stop: Notify,
+}
+
+impl ConnCtx {
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
 }
 
 impl WorkerCtx {
@@ -248,6 +259,8 @@ impl WorkerCtx {
                 limit: self.limit,
                 shutdown: self.shutdown.clone(),
                 header_timeout: self.settings.header_read_timeout,
+                stopping: AtomicBool::new(false),
+                stop: Notify::new(),
             });
             for (socket, side) in sockets {
                 match tokio::net::TcpListener::from_std(socket) {
@@ -261,6 +274,10 @@ impl WorkerCtx {
             }
             let mut shutdown = self.shutdown;
             let _ = stopped(&mut shutdown).await;
+            // Set before the notification: a connection that starts waiting after it sees
+            // the flag.
+            ctx.stopping.store(true, Ordering::SeqCst);
+            ctx.stop.notify_waiters();
             drop(ctx);
             if tokio::time::timeout(self.settings.drain_timeout, drain.wait_idle())
                 .await
@@ -310,63 +327,76 @@ async fn accept_loop(
             _ = stopped(&mut shutdown) => return,
         };
         let _ = stream.set_nodelay(true);
-        let ctx = ctx.clone();
-        let side = side.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            serve_connection(stream, peer, &side, ctx).await;
-        });
+        let guards = ConnGuards {
+            _permit: permit,
+            _tracked: ctx.worker.drain.enter(),
+            _open: ctx.worker.metrics.connection_opened(),
+        };
+        tokio::spawn(serve_connection(stream, peer, &side, ctx.clone(), guards));
     }
 }
 
-async fn serve_connection(
+/// What a client connection holds while it is open: its connection slot, and its count for
+/// the drain and the metrics.
+pub(crate) struct ConnGuards {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _tracked: drain::DrainGuard,
+    _open: crate::metrics::ConnectionGuard,
+}
+
+/// The task of one client connection. Not an `async fn`: its arguments would be kept in the
+/// task beside the future they are moved into, and every idle connection would pay for both.
+fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     side: &ListenerSide,
     ctx: Arc<ConnCtx>,
-) {
-    let _tracked = ctx.worker.drain.enter();
-    let _open = ctx.worker.metrics.connection_opened();
-    // Made once the handshake is done: the first request head gets its full header timeout.
-    let info = |tls: bool| {
-        Arc::new(ConnInfo {
-            peer: Peer::new(peer.ip(), &side.trusted_proxies),
-            tls,
-            idle: Arc::new(IdleState::new(clock::now_ms())),
-        })
-    };
-    match &side.tls {
-        None => http1::serve(stream, info(false), &ctx).await,
-        // Boxed: the task of every plaintext connection, idle ones included, would otherwise
-        // be as large as the TLS handshake and hyper's connection.
-        Some(acceptor) => {
-            Box::pin(async {
-                match tokio::time::timeout(ctx.header_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => {
-                        serve_http(TokioIo::new(tls_stream), info(true), &ctx).await
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
-                    }
-                    Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
-                }
-            })
-            .await
+    guards: ConnGuards,
+) -> impl Future<Output = ()> + Send + 'static {
+    let client = Peer::new(peer.ip(), &side.trusted_proxies);
+    match side.tls.clone() {
+        None => {
+            let info = ConnInfo {
+                peer: client,
+                tls: false,
+                idle: None,
+            };
+            futures::future::Either::Left(http1::serve(stream, info, ctx, guards))
         }
+        // Boxed: a TLS connection's task is as large as the handshake and hyper's connection.
+        Some(acceptor) => futures::future::Either::Right(Box::pin(async move {
+            let _guards = guards;
+            match tokio::time::timeout(ctx.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    let info = ConnInfo {
+                        peer: client,
+                        tls: true,
+                        idle: None,
+                    };
+                    serve_http(TokioIo::new(tls_stream), info, &ctx).await
+                }
+                Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+            }
+        })),
     }
 }
 
-async fn serve_http<I>(io: I, info: Arc<ConnInfo>, ctx: &ConnCtx)
+/// Serves a connection through hyper (HTTP/2, and TLS), from the moment it is ready: the
+/// first request head gets its full header timeout.
+async fn serve_http<I>(io: I, mut info: ConnInfo, ctx: &ConnCtx)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let worker = ctx.worker.clone();
-    let idle = info.idle.clone();
+    let idle = Arc::new(IdleState::new(clock::now_ms()));
+    info.idle = Some(idle.clone());
+    let info = Arc::new(info);
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let worker = worker.clone();
         let info = info.clone();
         let req = req.map(body::RequestBody::Hyper);
-        async move { Ok::<_, Infallible>(worker.handle(info, req).await) }
+        async move { Ok::<_, Infallible>(worker.handle(&info, req).await) }
     });
     let conn = ctx.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);

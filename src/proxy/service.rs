@@ -37,7 +37,9 @@ pub struct Worker {
 pub struct ConnInfo {
     pub peer: Peer,
     pub tls: bool,
-    pub idle: Arc<IdleState>,
+    /// The keep-alive guard's view of a connection hyper serves; tidegate's own HTTP/1.1
+    /// loop keeps its own and has none.
+    pub idle: Option<Arc<IdleState>>,
 }
 
 /// The upstream side of an upgraded connection, for a client connection that runs its own
@@ -62,14 +64,13 @@ struct Target {
 
 impl Worker {
     /// Relays one request; every failure turns into a plain response here and is counted.
-    pub async fn handle(
-        self: Arc<Self>,
-        conn: Arc<ConnInfo>,
-        req: Request<RequestBody>,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, conn: &ConnInfo, req: Request<RequestBody>) -> Response<ProxyBody> {
         let start = Instant::now();
-        let busy = BusyGuard::begin(&conn.idle, req.version() == HttpVersion::HTTP_2);
-        match self.relay(&conn, req, start, busy).await {
+        let busy = conn
+            .idle
+            .as_ref()
+            .map(|idle| BusyGuard::begin(idle, req.version() == HttpVersion::HTTP_2));
+        match self.relay(conn, req, start, busy).await {
             Ok(resp) => resp,
             Err((err, stats)) => {
                 self.metrics.count_error(err.kind());
@@ -87,7 +88,7 @@ impl Worker {
         conn: &ConnInfo,
         mut req: Request<RequestBody>,
         start: Instant,
-        busy: BusyGuard,
+        busy: Option<BusyGuard>,
     ) -> Result<Response<ProxyBody>, (ProxyError, Option<Arc<VersionStats>>)> {
         headers::check_request_head(req.headers(), self.max_header_bytes).map_err(|e| (e, None))?;
         let upgrade =
