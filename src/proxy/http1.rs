@@ -38,6 +38,7 @@ const WRITE_SIZE: usize = 16 * 1024;
 /// Not an `async fn`, whose arguments would be kept twice in the task. The task is what an
 /// idle keep-alive connection costs: it holds the socket, the connection's facts, its timer
 /// and little else; each request's state lives in a box only while the request does.
+#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
 pub(super) fn serve(
     mut stream: TcpStream,
     info: ConnInfo,
