@@ -22,14 +22,13 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
 use super::body::{BodyError, BodyFrames, RequestBody};
+use super::buffers::{self, READ_SIZE};
 use super::h1::{ChunkedDecoder, Decoded, Framing, HeadError, RequestHead, write_chunk_header};
 use super::service::{ConnInfo, Tunnel, relay_tunnel};
 use super::{ConnCtx, ConnGuards, ProxyBody};
 use crate::metrics::ErrorKind;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Bytes asked of the socket per read.
-const READ_SIZE: usize = 8 * 1024;
 /// Response bytes gathered before a write; smaller responses go out in one write.
 const WRITE_SIZE: usize = 16 * 1024;
 
@@ -38,7 +37,10 @@ const WRITE_SIZE: usize = 16 * 1024;
 /// Not an `async fn`, whose arguments would be kept twice in the task. The task is what an
 /// idle keep-alive connection costs: it holds the socket, the connection's facts, its timer
 /// and little else; each request's state lives in a box only while the request does.
-#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice"
+)]
 pub(super) fn serve(
     mut stream: TcpStream,
     info: ConnInfo,
@@ -79,7 +81,7 @@ pub(super) fn serve(
                     }
                     if buf.is_empty() {
                         // Idle: hold no buffer while waiting.
-                        buf = BytesMut::new();
+                        buffers::give_back(std::mem::take(&mut buf));
                     }
                     // Polled by hand: the connection's task stays small while it waits.
                     let idle = buf.is_empty();
@@ -111,7 +113,11 @@ pub(super) fn serve(
                             return;
                         }
                     }
-                    buf.reserve(READ_SIZE);
+                    if buf.capacity() == 0 {
+                        buf = buffers::lend();
+                    } else {
+                        buf.reserve(READ_SIZE);
+                    }
                     // Readable: the read is done at once (a false alarm waits again). A short
                     // read tells tokio the socket is drained, which saves a syscall on the next
                     // wait.
@@ -224,18 +230,18 @@ async fn one_request(
     }
     let has_body = pump.is_some();
     let (mut rd, mut wr) = stream.split();
-    let exchange = async {
+    // Pinned where they are made: a move would copy these large futures.
+    let mut exchange = std::pin::pin!(async {
         let resp = ctx.worker.handle(info, req).await;
         write_response(&mut wr, resp, is_head, minor, client_keep_alive).await
-    };
+    });
     // The pump owns the body's sender: when it is done the upstream sees the end.
-    let pumping = async {
+    let mut pumping = std::pin::pin!(async {
         match pump {
             Some(p) => p.run(&mut rd, buf).await,
             None => true,
         }
-    };
-    tokio::pin!(exchange, pumping);
+    });
     let mut body_read = !has_body;
     let mut pump_over = !has_body;
     let outcome = loop {

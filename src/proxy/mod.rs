@@ -8,6 +8,7 @@
 //! -> streamed body, or a tunnel after `101 Switching Protocols`.
 
 mod body;
+mod buffers;
 mod drain;
 pub mod error;
 pub mod forwarding;

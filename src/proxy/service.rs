@@ -163,13 +163,16 @@ impl Worker {
         let mut deadline = tokio::time::Instant::from_std(start) + target.timeout;
         let mut resp = loop {
             let _in_flight = endpoint.begin();
-            let sending = async {
+            // Pinned where it is made: the request's future is large, and a move copies it.
+            let addr = endpoint.addr;
+            let upstreams = &self.upstreams;
+            let sending = std::pin::pin!(async move {
                 if upgrade {
-                    self.upstreams.send_upgrade(endpoint.addr, up_req).await
+                    Box::pin(upstreams.send_upgrade(addr, up_req)).await
                 } else {
-                    self.upstreams.send(protocol, endpoint.addr, up_req).await
+                    upstreams.send(protocol, addr, up_req).await
                 }
-            };
+            });
             let sent = tokio::time::timeout_at(deadline, sending).await;
             match sent {
                 Ok(Ok(resp)) => break resp,

@@ -65,7 +65,10 @@ impl Upstreams {
             UpstreamProtocol::Http1 => H1Pool::send(&self.http1, endpoint, req)
                 .await
                 .map(|r| r.map(Either::Left)),
-            UpstreamProtocol::Http2 => self.http2.send(endpoint, req).await.map(hyper_body),
+            // Boxed: the HTTP/1.1 request's future, moved on every request, stays small.
+            UpstreamProtocol::Http2 => Box::pin(self.http2.send(endpoint, req))
+                .await
+                .map(hyper_body),
         }
     }
 

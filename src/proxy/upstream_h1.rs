@@ -140,9 +140,10 @@ impl H1Pool {
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let (parts, mut body) = req.into_parts();
+        // Connecting is boxed: the rare path keeps the common future small.
         let (mut conn, mut reused) = match this.take(endpoint) {
             Some(c) => (c, true),
-            None => (this.connect(endpoint).await?, false),
+            None => (Box::pin(this.connect(endpoint)).await?, false),
         };
         let mut head = std::mem::take(&mut conn.head);
         head.clear();
@@ -154,7 +155,7 @@ impl H1Pool {
                     return Ok(respond(this, endpoint, conn, resp));
                 }
                 Err(e) if e.resend && reused => {
-                    conn = this.connect(endpoint).await?;
+                    conn = Box::pin(this.connect(endpoint)).await?;
                     reused = false;
                 }
                 Err(e) => return Err(UpstreamError::Failed(e.cause)),

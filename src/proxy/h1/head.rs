@@ -1,6 +1,8 @@
 //! Request and response heads: parsed, checked against RFC 9112's framing rules, and kept
 //! as offsets into the buffer they came in, which the caller reuses for the next message.
 
+use std::mem::MaybeUninit;
+
 use super::fields::{Field, Span, content_length, list_elements, trim};
 
 /// Header fields a head may carry; more is answered like a head too large.
@@ -168,9 +170,10 @@ impl RequestHead {
     /// other than one chunked, Transfer-Encoding in HTTP/1.0, a missing or repeated Host in HTTP/1.1,
     /// whitespace before a colon, obs-fold, and a target of the wrong form.
     pub fn parse(&mut self, buf: &[u8], max_len: usize) -> Result<bool, HeadError> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let mut req = httparse::Request::new(&mut headers);
-        let Some(len) = head_len(req.parse(buf), buf.len(), max_len)? else {
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+        let mut req = httparse::Request::new(&mut []);
+        let parsed = req.parse_with_uninit_headers(buf, &mut headers);
+        let Some(len) = head_len(parsed, buf.len(), max_len)? else {
             return Ok(false);
         };
         let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
@@ -263,9 +266,14 @@ impl ResponseHead {
     /// response, 1xx, 204 and 304 have no body whatever their fields say). Ok(false) while
     /// incomplete.
     pub fn parse(&mut self, buf: &[u8], max_len: usize, method: &[u8]) -> Result<bool, HeadError> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let Some(len) = head_len(resp.parse(buf), buf.len(), max_len)? else {
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut headers,
+        );
+        let Some(len) = head_len(parsed, buf.len(), max_len)? else {
             return Ok(false);
         };
         let (Some(status), Some(minor)) = (resp.code, resp.version) else {
