@@ -72,14 +72,6 @@ pub struct Metrics {
     tls_reloads: [AtomicU64; 2],
 }
 
-/// Decrements the active connection gauge when the connection ends.
-pub struct ConnectionGuard(Arc<Metrics>);
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.active_connections.fetch_sub(1, Relaxed);
-    }
-}
 
 impl Metrics {
     /// The stats of (route, version), created on first use and kept for the process lifetime
@@ -92,10 +84,14 @@ impl Metrics {
             .clone()
     }
 
-    pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
+    /// A client connection opened; `connection_closed` must follow once.
+    pub fn connection_opened(&self) {
         self.active_connections.fetch_add(1, Relaxed);
         self.connections_total.fetch_add(1, Relaxed);
-        ConnectionGuard(self.clone())
+    }
+
+    pub fn connection_closed(&self) {
+        self.active_connections.fetch_sub(1, Relaxed);
     }
 
     pub fn active_connections(&self) -> i64 {

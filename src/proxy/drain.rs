@@ -21,8 +21,17 @@ pub struct DrainGuard(Arc<Inner>);
 
 impl DrainTracker {
     pub fn enter(&self) -> DrainGuard {
-        self.inner.active.fetch_add(1, Ordering::AcqRel);
+        self.arrive();
         DrainGuard(self.inner.clone())
+    }
+
+    /// Counts one in without a guard: the caller must `leave` once.
+    pub(super) fn arrive(&self) {
+        self.inner.active.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(super) fn leave(&self) {
+        self.inner.leave();
     }
 
     pub fn active(&self) -> usize {
@@ -41,10 +50,16 @@ impl DrainTracker {
     }
 }
 
+impl Inner {
+    fn leave(&self) {
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
 impl Drop for DrainGuard {
     fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
+        self.0.leave();
     }
 }

@@ -328,76 +328,77 @@ async fn accept_loop(
             _ = stopped(&mut shutdown) => return,
         };
         let _ = stream.set_nodelay(true);
-        let guards = ConnGuards {
-            _permit: permit,
-            _tracked: ctx.worker.drain.enter(),
-            _open: ctx.worker.metrics.connection_opened(),
-        };
-        tokio::spawn(serve_connection(stream, peer, &side, ctx.clone(), guards));
+        spawn_connection(stream, peer, &side, ConnSlot::open(&ctx, permit));
     }
 }
 
-/// What a client connection holds while it is open: its connection slot, and its count for
-/// the drain and the metrics.
-pub(crate) struct ConnGuards {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    _tracked: drain::DrainGuard,
-    _open: crate::metrics::ConnectionGuard,
+/// An open client connection's hold on its worker: a place under the connection limit and
+/// its count for the drain and the metrics, released when the connection's task ends. One
+/// pointer in every connection's task, instead of a guard for each.
+struct ConnSlot(Arc<ConnCtx>);
+
+impl ConnSlot {
+    fn open(ctx: &Arc<ConnCtx>, permit: tokio::sync::OwnedSemaphorePermit) -> ConnSlot {
+        // Given back in `drop`.
+        permit.forget();
+        ctx.worker.drain.arrive();
+        ctx.worker.metrics.connection_opened();
+        ConnSlot(ctx.clone())
+    }
 }
 
-/// The task of one client connection. Not an `async fn`: its arguments would be kept in the
-/// task beside the future they are moved into, and every idle connection would pay for both.
-fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    side: &ListenerSide,
-    ctx: Arc<ConnCtx>,
-    guards: ConnGuards,
-) -> impl Future<Output = ()> + Send + 'static {
-    let client = Peer::new(peer.ip(), &side.trusted_proxies);
-    match side.tls.clone() {
-        None => {
-            let info = ConnInfo {
-                peer: client,
-                tls: false,
-                idle: None,
-            };
-            futures::future::Either::Left(http1::serve(stream, info, ctx, guards))
+impl std::ops::Deref for ConnSlot {
+    type Target = ConnCtx;
+
+    fn deref(&self) -> &ConnCtx {
+        &self.0
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.worker.metrics.connection_closed();
+        self.0.limit.add_permits(1);
+        self.0.worker.drain.leave();
+    }
+}
+
+/// Starts the task of one client connection: plaintext ones run tidegate's HTTP/1.1 loop,
+/// spawned as it is (a wrapper around it would make every idle connection's task larger).
+fn spawn_connection(stream: TcpStream, peer: SocketAddr, side: &ListenerSide, ctx: ConnSlot) {
+    let info = |tls| ConnInfo {
+        peer: Peer::new(peer.ip(), &side.trusted_proxies),
+        tls,
+    };
+    let Some(acceptor) = side.tls.clone() else {
+        tokio::spawn(http1::serve(stream, info(false), ctx));
+        return;
+    };
+    let info = info(true);
+    // Boxed: a TLS connection's task is as large as the handshake and hyper's connection.
+    tokio::spawn(Box::pin(async move {
+        match tokio::time::timeout(ctx.header_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls_stream)) => serve_http(TokioIo::new(tls_stream), info, &ctx).await,
+            Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
         }
-        // Boxed: a TLS connection's task is as large as the handshake and hyper's connection.
-        Some(acceptor) => futures::future::Either::Right(Box::pin(async move {
-            let _guards = guards;
-            match tokio::time::timeout(ctx.header_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => {
-                    let info = ConnInfo {
-                        peer: client,
-                        tls: true,
-                        idle: None,
-                    };
-                    serve_http(TokioIo::new(tls_stream), info, &ctx).await
-                }
-                Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
-            }
-        })),
-    }
+    }));
 }
 
 /// Serves a connection through hyper (HTTP/2, and TLS), from the moment it is ready: the
 /// first request head gets its full header timeout.
-async fn serve_http<I>(io: I, mut info: ConnInfo, ctx: &ConnCtx)
+async fn serve_http<I>(io: I, info: ConnInfo, ctx: &ConnCtx)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let worker = ctx.worker.clone();
     let idle = Arc::new(IdleState::new(clock::now_ms()));
-    info.idle = Some(idle.clone());
-    let info = Arc::new(info);
+    let conn = Arc::new((info, idle.clone()));
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let worker = worker.clone();
-        let info = info.clone();
+        let conn = conn.clone();
         let req = req.map(body::RequestBody::Hyper);
-        async move { Ok::<_, Infallible>(worker.handle(&info, req).await) }
+        async move { Ok::<_, Infallible>(worker.handle(&conn.0, Some(&conn.1), req).await) }
     });
     let conn = ctx.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);

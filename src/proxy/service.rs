@@ -37,9 +37,6 @@ pub struct Worker {
 pub struct ConnInfo {
     pub peer: Peer,
     pub tls: bool,
-    /// The keep-alive guard's view of a connection hyper serves; tidegate's own HTTP/1.1
-    /// loop keeps its own and has none.
-    pub idle: Option<Arc<IdleState>>,
 }
 
 /// The upstream side of an upgraded connection, for a client connection that runs its own
@@ -64,12 +61,16 @@ struct Target {
 
 impl Worker {
     /// Relays one request; every failure turns into a plain response here and is counted.
-    pub async fn handle(&self, conn: &ConnInfo, req: Request<RequestBody>) -> Response<ProxyBody> {
+    /// `idle` is the keep-alive guard's view of a connection hyper serves, held busy until
+    /// the response has been sent; tidegate's own HTTP/1.1 loop keeps its own and has none.
+    pub async fn handle(
+        &self,
+        conn: &ConnInfo,
+        idle: Option<&Arc<IdleState>>,
+        req: Request<RequestBody>,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
-        let busy = conn
-            .idle
-            .as_ref()
-            .map(|idle| BusyGuard::begin(idle, req.version() == HttpVersion::HTTP_2));
+        let busy = idle.map(|idle| BusyGuard::begin(idle, req.version() == HttpVersion::HTTP_2));
         match self.relay(conn, req, start, busy).await {
             Ok(resp) => resp,
             Err((err, stats)) => {
