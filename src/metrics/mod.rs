@@ -72,7 +72,6 @@ pub struct Metrics {
     tls_reloads: [AtomicU64; 2],
 }
 
-
 impl Metrics {
     /// The stats of (route, version), created on first use and kept for the process lifetime
     /// so that counters stay monotonic across reloads.

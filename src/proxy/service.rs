@@ -11,7 +11,7 @@ use hyper::body::Body;
 use hyper_util::rt::TokioIo;
 
 use super::ProxyBody;
-use super::body::{RequestBody, TrackedBody};
+use super::body::{RequestBody, ResponseBody, TrackedBody};
 use super::drain::DrainTracker;
 use super::error::ProxyError;
 use super::forwarding::{self, Peer};
@@ -96,8 +96,7 @@ impl Worker {
             req.version() == HttpVersion::HTTP_11 && headers::is_upgrade_request(req.headers());
         let retryable = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
             && req.body().is_end_stream();
-        let now_ms = clock::ms_at(start);
-        let target = self.target(&req, retryable, now_ms)?;
+        let target = self.target(&req, retryable, clock::ms_at(start))?;
         let stats = target.stats.clone();
         let fail = |e: ProxyError| (e, Some(stats.clone()));
         // Active until the response body ends or the tunnel closes: what a drain waits for.
@@ -110,117 +109,16 @@ impl Worker {
         } else {
             None
         };
-        let (mut parts, body) = req.into_parts();
-        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        parts.headers.remove(header::EXPECT);
-        forwarding::add_forwarding(&mut parts.headers, &conn.peer, conn.tls, host.as_ref());
         let protocol = if upgrade {
             UpstreamProtocol::Http1
         } else {
             target.protocol
         };
-        // Taken, not cloned: a clone of a freshly parsed URI allocates.
-        let path = std::mem::take(&mut parts.uri)
-            .into_parts()
-            .path_and_query
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        // HTTP/1.1 sends the path and keeps the client's Host header; HTTP/2 carries the
-        // client's host as :authority. Either way the connection is picked by endpoint.
-        parts.uri = match protocol {
-            UpstreamProtocol::Http1 => {
-                parts.version = HttpVersion::HTTP_11;
-                if let Some(h) = &host
-                    && !parts.headers.contains_key(header::HOST)
-                {
-                    parts.headers.insert(header::HOST, h.clone());
-                }
-                Uri::from(path)
-            }
-            UpstreamProtocol::Http2 => {
-                parts.version = HttpVersion::HTTP_2;
-                parts.headers.remove(header::HOST);
-                let authority = host
-                    .as_ref()
-                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-                    .unwrap_or_else(|| target.endpoint.authority.clone());
-                let mut uri = http::uri::Parts::default();
-                uri.scheme = Some(Scheme::HTTP);
-                uri.authority = Some(authority);
-                uri.path_and_query = Some(path);
-                Uri::from_parts(uri).unwrap_or_default()
-            }
-        };
-        let mut endpoint = target.endpoint.clone();
-        // Only requests that may be retried pay for a copy of their head.
-        let mut retry_parts = target.retry_pool.is_some().then(|| parts.clone());
-        let mut up_req = Request::from_parts(parts, body);
-        // From the clock read the request started with; a retry gets a full timeout again.
-        let mut deadline = tokio::time::Instant::from_std(start) + target.timeout;
-        let mut resp = loop {
-            let _in_flight = endpoint.begin();
-            // Pinned where it is made: the request's future is large, and a move copies it.
-            let addr = endpoint.addr;
-            let upstreams = &self.upstreams;
-            let sending = std::pin::pin!(async move {
-                if upgrade {
-                    Box::pin(upstreams.send_upgrade(addr, up_req)).await
-                } else {
-                    upstreams.send(protocol, addr, up_req).await
-                }
-            });
-            let sent = tokio::time::timeout_at(deadline, sending).await;
-            match sent {
-                Ok(Ok(resp)) => break resp,
-                Err(_) => {
-                    endpoint.record_failure(&target.passive, clock::now_ms());
-                    return Err(fail(ProxyError::UpstreamTimeout(
-                        endpoint.addr.to_string(),
-                        target.timeout,
-                    )));
-                }
-                Ok(Err(UpstreamError::Connect(cause))) => {
-                    tracing::debug!(endpoint = %endpoint.addr, %cause, "upstream connect failed");
-                    stats.record_connect_error();
-                    endpoint.record_failure(&target.passive, clock::now_ms());
-                    // The request never left: a bodiless idempotent one may go to another endpoint once.
-                    let next = retry_parts
-                        .take()
-                        .zip(target.retry_pool.as_deref())
-                        .and_then(|(parts, pool)| {
-                            let others: Vec<_> = pool
-                                .iter()
-                                .filter(|e| !Arc::ptr_eq(e, &endpoint))
-                                .cloned()
-                                .collect();
-                            pick_endpoint(&others, clock::now_ms())
-                                .cloned()
-                                .map(|next| (parts, next))
-                        });
-                    let Some((parts, next)) = next else {
-                        return Err(fail(ProxyError::UpstreamUnreachable(
-                            endpoint.addr.to_string(),
-                        )));
-                    };
-                    tracing::debug!(from = %endpoint.addr, to = %next.addr, "connect failed, retrying on another endpoint");
-                    endpoint = next;
-                    up_req = Request::from_parts(parts, RequestBody::Empty);
-                    deadline = tokio::time::Instant::now() + target.timeout;
-                }
-                Ok(Err(UpstreamError::Failed(cause))) => {
-                    endpoint.record_failure(&target.passive, clock::now_ms());
-                    return Err(fail(ProxyError::UpstreamFailed(
-                        endpoint.addr.to_string(),
-                        cause,
-                    )));
-                }
-            }
-        };
+        let up_req = upstream_request(conn, req, upgrade, protocol, &target.endpoint);
+        let (mut resp, endpoint) = self
+            .send(&target, up_req, upgrade, protocol, start)
+            .await
+            .map_err(fail)?;
 
         let status = resp.status();
         let end = Instant::now();
@@ -264,6 +162,82 @@ impl Worker {
             parts,
             Either::Left(TrackedBody::new(body, active, busy)),
         ))
+    }
+
+    /// Sends the request within the route's response timeout, to `target`'s endpoint; a
+    /// request that never left (connect failed) and may be retried goes once to another
+    /// endpoint of the version. The response, and the endpoint that gave it.
+    async fn send(
+        &self,
+        target: &Target,
+        mut up_req: Request<RequestBody>,
+        upgrade: bool,
+        protocol: UpstreamProtocol,
+        start: Instant,
+    ) -> Result<(Response<ResponseBody>, Arc<Endpoint>), ProxyError> {
+        let mut endpoint = target.endpoint.clone();
+        // Only requests that may be retried pay for a copy of their head.
+        let mut retry_parts = None;
+        if target.retry_pool.is_some() {
+            let (parts, body) = up_req.into_parts();
+            retry_parts = Some(parts.clone());
+            up_req = Request::from_parts(parts, body);
+        }
+        // From the clock read the request started with; a retry gets a full timeout again.
+        let mut deadline = tokio::time::Instant::from_std(start) + target.timeout;
+        loop {
+            let _in_flight = endpoint.begin();
+            let addr = endpoint.addr;
+            let upstreams = &self.upstreams;
+            // Pinned where it is made: the request's future is large, and a move copies it.
+            let sending = std::pin::pin!(async move {
+                if upgrade {
+                    Box::pin(upstreams.send_upgrade(addr, up_req)).await
+                } else {
+                    upstreams.send(protocol, addr, up_req).await
+                }
+            });
+            match tokio::time::timeout_at(deadline, sending).await {
+                Ok(Ok(resp)) => return Ok((resp, endpoint)),
+                Err(_) => {
+                    endpoint.record_failure(&target.passive, clock::now_ms());
+                    return Err(ProxyError::UpstreamTimeout(
+                        endpoint.addr.to_string(),
+                        target.timeout,
+                    ));
+                }
+                Ok(Err(UpstreamError::Connect(cause))) => {
+                    tracing::debug!(endpoint = %endpoint.addr, %cause, "upstream connect failed");
+                    target.stats.record_connect_error();
+                    endpoint.record_failure(&target.passive, clock::now_ms());
+                    // The request never left: a bodiless idempotent one may go to another endpoint once.
+                    let next = retry_parts
+                        .take()
+                        .zip(target.retry_pool.as_deref())
+                        .and_then(|(parts, pool)| {
+                            let others: Vec<_> = pool
+                                .iter()
+                                .filter(|e| !Arc::ptr_eq(e, &endpoint))
+                                .cloned()
+                                .collect();
+                            pick_endpoint(&others, clock::now_ms())
+                                .cloned()
+                                .map(|next| (parts, next))
+                        });
+                    let Some((parts, next)) = next else {
+                        return Err(ProxyError::UpstreamUnreachable(endpoint.addr.to_string()));
+                    };
+                    tracing::debug!(from = %endpoint.addr, to = %next.addr, "connect failed, retrying on another endpoint");
+                    endpoint = next;
+                    up_req = Request::from_parts(parts, RequestBody::Empty);
+                    deadline = tokio::time::Instant::now() + target.timeout;
+                }
+                Ok(Err(UpstreamError::Failed(cause))) => {
+                    endpoint.record_failure(&target.passive, clock::now_ms());
+                    return Err(ProxyError::UpstreamFailed(endpoint.addr.to_string(), cause));
+                }
+            }
+        }
     }
 
     /// Loads the route table once, decides, and lets go of it before any await.
@@ -344,6 +318,59 @@ impl Worker {
             .await;
         });
     }
+}
+
+/// The client's request as it goes upstream: hop-by-hop fields gone, forwarding fields
+/// added, and the target and version the upstream's protocol wants. HTTP/1.1 sends the path
+/// and keeps the client's Host header; HTTP/2 carries the client's host as :authority.
+/// Either way the connection is picked by endpoint.
+fn upstream_request(
+    conn: &ConnInfo,
+    req: Request<RequestBody>,
+    upgrade: bool,
+    protocol: UpstreamProtocol,
+    endpoint: &Endpoint,
+) -> Request<RequestBody> {
+    let (mut parts, body) = req.into_parts();
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    parts.headers.remove(header::EXPECT);
+    forwarding::add_forwarding(&mut parts.headers, &conn.peer, conn.tls, host.as_ref());
+    // Taken, not cloned: a clone of a freshly parsed URI allocates.
+    let path = std::mem::take(&mut parts.uri)
+        .into_parts()
+        .path_and_query
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = match protocol {
+        UpstreamProtocol::Http1 => {
+            parts.version = HttpVersion::HTTP_11;
+            if let Some(h) = &host
+                && !parts.headers.contains_key(header::HOST)
+            {
+                parts.headers.insert(header::HOST, h.clone());
+            }
+            Uri::from(path)
+        }
+        UpstreamProtocol::Http2 => {
+            parts.version = HttpVersion::HTTP_2;
+            parts.headers.remove(header::HOST);
+            let authority = host
+                .as_ref()
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| endpoint.authority.clone());
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(authority);
+            uri.path_and_query = Some(path);
+            Uri::from_parts(uri).unwrap_or_default()
+        }
+    };
+    Request::from_parts(parts, body)
 }
 
 /// Copies bytes both ways between the two sides of an upgraded connection until either side
