@@ -8,7 +8,6 @@ pub struct Span {
 }
 
 impl Span {
-    /// The range of `part`, a slice of `buf`.
     /// Where `part`, a slice of `buf`, lies in it. An empty part may point elsewhere
     /// (httparse gives a missing reason phrase as a static `""`): it spans nothing.
     pub(super) fn within(buf: &[u8], part: &[u8]) -> Span {
