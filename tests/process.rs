@@ -385,11 +385,13 @@ async fn sigterm_stops_accepting_and_drains_requests_and_tunnels_then_exits_0() 
     let (listen, admin) = (loopback(free_port()), loopback(free_port()));
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("tidegate.yaml");
-    std::fs::write(
-        &config,
-        proxy_config(listen, admin, backend.addr, backend.addr, "0", "100"),
-    )
-    .expect("write config");
+    // Header and drain timeouts far beyond the test's waits: only the start of the drain
+    // can close an idle connection.
+    let yaml = proxy_config(listen, admin, backend.addr, backend.addr, "0", "100").replace(
+        "timeouts: {drain: 10s}",
+        "timeouts: {drain: 60s, request_header: 300s}",
+    );
+    std::fs::write(&config, yaml).expect("write config");
     let mut proxy = Running::start(&config, admin);
     proxy.wait_ready().await;
 
@@ -420,10 +422,9 @@ async fn sigterm_stops_accepting_and_drains_requests_and_tunnels_then_exits_0() 
     idle.read_exact(&mut body).await.expect("read body");
 
     proxy.signal("TERM");
-    // The idle connection is closed when the drain begins (well before the 10 s header
-    // timeout would close it); it holds nothing up.
+    // The idle connection is closed when the drain begins; it holds nothing up.
     let mut rest = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+    let read = tokio::time::timeout(WAIT, idle.read_to_end(&mut rest)).await;
     assert!(
         matches!(read, Ok(Ok(0))),
         "idle connection closed at the start of the drain: {read:?} {rest:?}"
@@ -456,7 +457,7 @@ async fn sigterm_stops_accepting_and_drains_requests_and_tunnels_then_exits_0() 
     );
     drop(tunnel);
 
-    // The drain timeout is 10 s: with nothing left in flight the exit comes well before it.
+    // The drain timeout is 60 s: with nothing left in flight the exit comes well before it.
     let status = proxy.wait_exit(Duration::from_secs(8)).await;
     assert_eq!(status.code(), Some(0), "{}", proxy.log());
 }
