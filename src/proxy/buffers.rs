@@ -5,7 +5,7 @@ use std::cell::RefCell;
 
 use bytes::BytesMut;
 
-/// Bytes a lent buffer has room for.
+/// Bytes asked of a socket per read, and what a lent buffer has room for.
 pub const READ_SIZE: usize = 8 * 1024;
 /// Buffers a worker keeps for reuse: enough for the requests it has in flight at once.
 const KEPT: usize = 256;

@@ -20,11 +20,10 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::body::{BodyError, RequestBody};
+use super::buffers::READ_SIZE;
 use super::h1::{ChunkedDecoder, Decoded, Framing, ResponseHead, write_chunk_header};
 use super::upstream::{PoolSettings, UpstreamError, cause};
 
-/// Bytes asked of the socket per read.
-const READ_SIZE: usize = 8 * 1024;
 /// The largest response head an upstream may send.
 const MAX_HEAD: usize = 64 * 1024;
 /// A request body chunk larger than this is written on its own instead of copied.
