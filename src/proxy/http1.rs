@@ -22,9 +22,9 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
 use super::body::{BodyError, BodyFrames, RequestBody};
-use super::buffers::{self, READ_SIZE};
 use super::h1::{ChunkedDecoder, Decoded, Framing, HeadError, RequestHead, write_chunk_header};
 use super::service::{ConnInfo, Tunnel, relay_tunnel};
+use super::spares::{self, READ_SIZE};
 use super::{ConnCtx, ConnSlot, ProxyBody};
 use crate::clock;
 use crate::metrics::ErrorKind;
@@ -72,16 +72,23 @@ pub(super) fn serve(
                         return Box::pin(super::serve_http(io, info, &ctx)).await;
                     } else {
                         // Made afresh for each look: a head is never kept across a wait.
-                        let mut head = RequestHead::default();
-                        match head.parse(&buf, ctx.worker.max_header_bytes + 4096) {
+                        let mut head = RequestHead {
+                            fields: spares::field_list(),
+                            ..RequestHead::default()
+                        };
+                        let parsed = head.parse(&buf, ctx.worker.max_header_bytes + 4096);
+                        match parsed {
                             Ok(true) => break Ok(head),
-                            Ok(false) => {}
-                            Err(e) => break Err(e),
+                            Ok(false) => spares::give_back_field_list(head.fields),
+                            Err(e) => {
+                                spares::give_back_field_list(head.fields);
+                                break Err(e);
+                            }
                         }
                     }
                     if buf.is_empty() {
                         // Idle: hold no buffer while waiting.
-                        buffers::give_back(std::mem::take(&mut buf));
+                        spares::give_back_read_buffer(std::mem::take(&mut buf));
                     }
                     // Polled by hand: the connection's task stays small while it waits.
                     let idle = buf.is_empty();
@@ -117,7 +124,7 @@ pub(super) fn serve(
                         }
                     }
                     if buf.capacity() == 0 {
-                        buf = buffers::lend();
+                        buf = spares::read_buffer();
                     } else {
                         buf.reserve(READ_SIZE);
                     }
@@ -222,7 +229,7 @@ async fn one_request(
     // The client waits for this before sending its body.
     let send_continue = pump.is_some() && head.expect_continue && buf.is_empty();
     let (client_keep_alive, minor) = (head.keep_alive, head.minor_version);
-    drop(head);
+    spares::give_back_field_list(head.fields);
     if send_continue
         && stream
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -280,7 +287,7 @@ fn request(head: &RequestHead, bytes: &Bytes) -> Option<Request<RequestBody>> {
     let method = Method::from_bytes(head.method.of(bytes)).ok()?;
     let uri = Uri::from_maybe_shared(slice(bytes, head.target)).ok()?;
     // Room for the forwarding fields the worker adds: the map never grows on the way.
-    let mut headers = HeaderMap::with_capacity(head.fields.len() + 6);
+    let mut headers = spares::header_map(head.fields.len() + 6);
     for f in &head.fields {
         let name = HeaderName::from_bytes(f.name.of(bytes)).ok()?;
         let value = HeaderValue::from_maybe_shared(slice(bytes, f.value)).ok()?;
@@ -449,6 +456,22 @@ async fn write_response(
     client_minor: u8,
     client_keep_alive: bool,
 ) -> std::io::Result<Sent> {
+    let mut out = spares::write_buffer();
+    let sent = write_response_with(wr, resp, is_head, client_minor, client_keep_alive, &mut out);
+    let sent = sent.await;
+    spares::give_back_write_buffer(out);
+    sent
+}
+
+/// Writes the response, gathering small writes in `out`.
+async fn write_response_with(
+    wr: &mut WriteHalf<'_>,
+    resp: Response<ProxyBody>,
+    is_head: bool,
+    client_minor: u8,
+    client_keep_alive: bool,
+    out: &mut Vec<u8>,
+) -> std::io::Result<Sent> {
     let (mut parts, mut body) = resp.into_parts();
     let status = parts.status;
     let mut keep_alive = client_keep_alive;
@@ -477,16 +500,16 @@ async fn write_response(
         keep_alive = false;
         Out::UntilClose
     };
-    let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    write_fields(&parts.headers, &mut out);
+    write_fields(&parts.headers, out);
+    spares::give_back_header_map(std::mem::take(&mut parts.headers));
     if status == StatusCode::SWITCHING_PROTOCOLS {
         out.extend_from_slice(b"\r\n");
-        wr.write_all(&out).await?;
+        wr.write_all(out).await?;
         wr.flush().await?;
         return match parts.extensions.remove::<Tunnel>() {
             Some(t) => Ok(Sent::Upgraded(t)),
@@ -500,7 +523,7 @@ async fn write_response(
     }
     out.extend_from_slice(b"\r\n");
     if out_framing == Out::None {
-        wr.write_all(&out).await?;
+        wr.write_all(out).await?;
         return Ok(Sent::Done { keep_alive });
     }
     loop {
@@ -509,7 +532,7 @@ async fn write_response(
             Some(f) => f,
             None => {
                 if !out.is_empty() {
-                    wr.write_all(&out).await?;
+                    wr.write_all(out).await?;
                     out.clear();
                 }
                 body.frame().await
@@ -522,10 +545,10 @@ async fn write_response(
                 Ok(data) if data.is_empty() => {}
                 Ok(data) => {
                     if out_framing == Out::Chunked {
-                        write_chunk_header(data.len(), &mut out);
+                        write_chunk_header(data.len(), out);
                     }
                     if out.len() + data.len() > WRITE_SIZE {
-                        wr.write_all(&out).await?;
+                        wr.write_all(out).await?;
                         out.clear();
                         wr.write_all(&data).await?;
                     } else {
@@ -538,9 +561,9 @@ async fn write_response(
                 Err(frame) => {
                     if let (Out::Chunked, Ok(trailers)) = (out_framing, frame.into_trailers()) {
                         out.extend_from_slice(b"0\r\n");
-                        write_fields(&trailers, &mut out);
+                        write_fields(&trailers, out);
                         out.extend_from_slice(b"\r\n");
-                        wr.write_all(&out).await?;
+                        wr.write_all(out).await?;
                         return Ok(Sent::Done { keep_alive });
                     }
                 }
@@ -551,7 +574,7 @@ async fn write_response(
         out.extend_from_slice(b"0\r\n\r\n");
     }
     if !out.is_empty() {
-        wr.write_all(&out).await?;
+        wr.write_all(out).await?;
     }
     Ok(Sent::Done { keep_alive })
 }

@@ -8,7 +8,6 @@
 //! -> streamed body, or a tunnel after `101 Switching Protocols`.
 
 mod body;
-mod buffers;
 mod drain;
 pub mod error;
 pub mod forwarding;
@@ -17,6 +16,7 @@ pub mod headers;
 mod http1;
 mod idle;
 mod service;
+mod spares;
 pub mod tls;
 pub mod upstream;
 mod upstream_h1;

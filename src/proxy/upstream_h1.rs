@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::body::{BodyError, RequestBody};
-use super::buffers::READ_SIZE;
 use super::h1::{ChunkedDecoder, Decoded, Framing, ResponseHead, write_chunk_header};
+use super::spares::{self, READ_SIZE};
 use super::upstream::{PoolSettings, UpstreamError, cause};
 
 /// The largest response head an upstream may send.
@@ -138,7 +138,7 @@ impl H1Pool {
         endpoint: SocketAddr,
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let (parts, mut body) = req.into_parts();
+        let (mut parts, mut body) = req.into_parts();
         // Connecting is boxed: the rare path keeps the common future small.
         let (mut conn, mut reused) = match this.take(endpoint) {
             Some(c) => (c, true),
@@ -147,6 +147,7 @@ impl H1Pool {
         let mut head = std::mem::take(&mut conn.head);
         head.clear();
         let chunked = encode_head(&parts, &body, &mut head);
+        spares::give_back_header_map(std::mem::take(&mut parts.headers));
         loop {
             match exchange(&mut conn, &head, &mut body, chunked, &parts.method).await {
                 Ok(resp) => {
@@ -319,7 +320,10 @@ async fn read_head(
     buf: &mut BytesMut,
     method: &[u8],
 ) -> Result<ResponseHead, (String, bool)> {
-    let mut head = ResponseHead::default();
+    let mut head = ResponseHead {
+        fields: spares::field_list(),
+        ..ResponseHead::default()
+    };
     let mut any = !buf.is_empty();
     loop {
         if !buf.is_empty() {
@@ -348,10 +352,10 @@ fn respond(
     pool: &Arc<H1Pool>,
     endpoint: SocketAddr,
     mut conn: Conn,
-    (head, request_sent): (ResponseHead, bool),
+    (mut head, request_sent): (ResponseHead, bool),
 ) -> Response<UpstreamBody> {
     let bytes = conn.buf.split_to(head.len).freeze();
-    let mut headers = HeaderMap::with_capacity(head.fields.len() + 1);
+    let mut headers = spares::header_map(head.fields.len() + 1);
     for f in &head.fields {
         if head.drop_content_length && f.is(&bytes, "content-length") {
             continue;
@@ -362,6 +366,7 @@ fn respond(
             headers.append(name, value);
         }
     }
+    spares::give_back_field_list(std::mem::take(&mut head.fields));
     let mut resp = Response::new(UpstreamBody::empty());
     *resp.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
     *resp.version_mut() = Version::HTTP_11;

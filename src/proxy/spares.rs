@@ -1,0 +1,158 @@
+//! What a worker's HTTP/1.1 requests hold only while they are in flight (read buffers, field
+//! lists, header maps, write buffers), given back when done and handed to the next request
+//! instead of allocated afresh: an idle connection holds none of it, a busy one allocates
+//! nothing for it.
+
+use std::cell::RefCell;
+
+use bytes::BytesMut;
+use http::HeaderMap;
+
+use super::h1::{Field, MAX_FIELDS};
+
+/// Bytes asked of a socket per read, and what a lent buffer has room for.
+pub const READ_SIZE: usize = 8 * 1024;
+/// Of each kind, what a worker keeps: enough for the requests it has in flight at once.
+const KEPT: usize = 256;
+/// A header map grown past this many entries (an unusual head) is not kept.
+const MAP_ENTRIES: usize = 64;
+/// A write buffer grown past this (a gathered body) is not kept.
+const WRITE_KEPT: usize = 4 * 1024;
+
+/// A worker's spares of one kind.
+struct Spares<T>(RefCell<Vec<T>>);
+
+impl<T> Spares<T> {
+    const fn new() -> Spares<T> {
+        Spares(RefCell::new(Vec::new()))
+    }
+
+    fn take(&self) -> Option<T> {
+        self.0.borrow_mut().pop()
+    }
+
+    fn keep(&self, spare: T) {
+        let mut spares = self.0.borrow_mut();
+        if spares.len() < KEPT {
+            spares.push(spare);
+        }
+    }
+}
+
+thread_local! {
+    static READ_BUFFERS: Spares<BytesMut> = const { Spares::new() };
+    static FIELD_LISTS: Spares<Vec<Field>> = const { Spares::new() };
+    static HEADER_MAPS: Spares<HeaderMap> = const { Spares::new() };
+    static WRITE_BUFFERS: Spares<Vec<u8>> = const { Spares::new() };
+}
+
+/// An empty buffer with room for `READ_SIZE` bytes.
+pub fn read_buffer() -> BytesMut {
+    READ_BUFFERS
+        .with(Spares::take)
+        .unwrap_or_else(|| BytesMut::with_capacity(READ_SIZE))
+}
+
+/// Takes back an empty read buffer; it is kept if no part of it is still in use elsewhere.
+pub fn give_back_read_buffer(mut buf: BytesMut) {
+    if buf.is_empty() && buf.try_reclaim(READ_SIZE) {
+        READ_BUFFERS.with(|s| s.keep(buf));
+    }
+}
+
+/// An empty list for a head's fields.
+pub fn field_list() -> Vec<Field> {
+    FIELD_LISTS.with(Spares::take).unwrap_or_default()
+}
+
+pub fn give_back_field_list(mut fields: Vec<Field>) {
+    if fields.capacity() > 0 && fields.capacity() <= MAX_FIELDS {
+        fields.clear();
+        FIELD_LISTS.with(|s| s.keep(fields));
+    }
+}
+
+/// An empty header map, with room for `entries` if it is new.
+pub fn header_map(entries: usize) -> HeaderMap {
+    HEADER_MAPS
+        .with(Spares::take)
+        .unwrap_or_else(|| HeaderMap::with_capacity(entries))
+}
+
+pub fn give_back_header_map(mut map: HeaderMap) {
+    if map.capacity() > 0 && map.capacity() <= MAP_ENTRIES {
+        map.clear();
+        HEADER_MAPS.with(|s| s.keep(map));
+    }
+}
+
+/// An empty buffer to gather a message's bytes in before a write.
+pub fn write_buffer() -> Vec<u8> {
+    WRITE_BUFFERS
+        .with(Spares::take)
+        .unwrap_or_else(|| Vec::with_capacity(512))
+}
+
+pub fn give_back_write_buffer(mut out: Vec<u8>) {
+    if out.capacity() <= WRITE_KEPT {
+        out.clear();
+        WRITE_BUFFERS.with(|s| s.keep(out));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_comes_back_for_the_next_request_only_once_nothing_else_holds_it() {
+        let mut buf = read_buffer();
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let address = buf.as_ptr();
+        let head = buf.split().freeze();
+        // The head is still read elsewhere: the buffer cannot be lent again.
+        give_back_read_buffer(std::mem::take(&mut buf));
+        let other = read_buffer();
+        assert_ne!(other.as_ptr(), address);
+        drop(other);
+
+        let mut buf = head.try_into_mut().expect("the only holder");
+        buf.clear();
+        give_back_read_buffer(buf);
+        let again = read_buffer();
+        assert_eq!(again.as_ptr(), address, "the same allocation is lent again");
+        assert!(again.is_empty() && again.capacity() >= READ_SIZE);
+    }
+
+    #[test]
+    fn a_header_map_comes_back_empty_and_an_oversized_one_is_let_go() {
+        let mut map = header_map(8);
+        map.insert(http::header::HOST, "a".parse().unwrap());
+        let capacity = map.capacity();
+        give_back_header_map(map);
+        let again = header_map(8);
+        assert!(
+            again.is_empty(),
+            "a spare map holds nothing of the last request"
+        );
+        assert_eq!(
+            again.capacity(),
+            capacity,
+            "the same allocation is used again"
+        );
+
+        let mut big = HeaderMap::with_capacity(1000);
+        big.insert(http::header::HOST, "a".parse().unwrap());
+        give_back_header_map(big);
+        assert!(header_map(8).capacity() <= MAP_ENTRIES);
+    }
+
+    #[test]
+    fn a_write_buffer_grown_by_a_large_body_is_not_kept() {
+        let mut out = write_buffer();
+        out.extend_from_slice(&[b'x'; WRITE_KEPT * 4]);
+        give_back_write_buffer(out);
+        let next = write_buffer();
+        assert!(next.is_empty() && next.capacity() <= WRITE_KEPT);
+    }
+}
