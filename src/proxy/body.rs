@@ -11,6 +11,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use super::idle::BusyGuard;
+use super::upstream_fields::UpstreamFields;
 use super::upstream_h1::UpstreamBody;
 use crate::metrics::ActiveGuard;
 
@@ -83,6 +84,14 @@ impl TrackedBody {
             inner,
             _active: active,
             _busy: busy,
+        }
+    }
+
+    /// The fields of an HTTP/1.1 upstream's response, which its head does not hold yet.
+    pub fn take_upstream_fields(&mut self) -> Option<UpstreamFields> {
+        match &mut self.inner {
+            Either::Left(body) => body.take_fields(),
+            Either::Right(_) => None,
         }
     }
 }

@@ -94,6 +94,21 @@ fn hop_by_hop_bit(name: &HeaderName) -> u8 {
     }
 }
 
+/// Whether a field name, in any case, is one of the hop-by-hop fields `strip_hop_by_hop`
+/// removes (those a `Connection` field names aside).
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    [
+        b"connection".as_slice(),
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
 /// True for an HTTP/1.1 request that asks to switch protocols (WebSocket and the like).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)

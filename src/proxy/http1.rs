@@ -25,6 +25,7 @@ use super::body::{BodyError, BodyFrames, RequestBody};
 use super::h1::{ChunkedDecoder, Decoded, Framing, HeadError, RequestHead, write_chunk_header};
 use super::service::{ConnInfo, Tunnel, relay_tunnel};
 use super::spares::{self, READ_SIZE};
+use super::upstream_fields::UpstreamFields;
 use super::{ConnCtx, ConnSlot, ProxyBody};
 use crate::clock;
 use crate::metrics::ErrorKind;
@@ -473,6 +474,8 @@ async fn write_response_with(
     out: &mut Vec<u8>,
 ) -> std::io::Result<Sent> {
     let (mut parts, mut body) = resp.into_parts();
+    // An HTTP/1.1 upstream's fields, written as they came.
+    let upstream_fields = super::take_upstream_fields(&mut body);
     let status = parts.status;
     let mut keep_alive = client_keep_alive;
     let out_framing = if status == StatusCode::SWITCHING_PROTOCOLS
@@ -481,7 +484,11 @@ async fn write_response_with(
         || status == StatusCode::NOT_MODIFIED
     {
         Out::None
-    } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
+    } else if parts.headers.contains_key(header::CONTENT_LENGTH)
+        || upstream_fields
+            .as_ref()
+            .is_some_and(UpstreamFields::has_content_length)
+    {
         if is_head { Out::None } else { Out::Raw }
     } else if let Some(n) = body.size_hint().exact() {
         parts
@@ -505,6 +512,9 @@ async fn write_response_with(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    if let Some(fields) = upstream_fields {
+        fields.write(out);
+    }
     write_fields(&parts.headers, out);
     spares::give_back_header_map(std::mem::take(&mut parts.headers));
     if status == StatusCode::SWITCHING_PROTOCOLS {

@@ -19,6 +19,7 @@ mod service;
 mod spares;
 pub mod tls;
 pub mod upstream;
+mod upstream_fields;
 mod upstream_h1;
 
 use std::convert::Infallible;
@@ -44,6 +45,7 @@ use idle::{IdleCheck, IdleState};
 pub use service::{ConnInfo, Worker};
 pub use tls::{CertStore, TlsError};
 pub use upstream::PoolSettings;
+use upstream_fields::UpstreamFields;
 
 use crate::clock;
 use crate::metrics::{ErrorKind, Metrics};
@@ -52,6 +54,15 @@ use crate::routing::RouteReader;
 
 /// Response body: the upstream's, streamed, or tidegate's own short one.
 pub type ProxyBody = Either<body::TrackedBody, Full<Bytes>>;
+
+/// The fields of an HTTP/1.1 upstream's response, carried by its body until a client
+/// connection's writer takes them (see `upstream_fields`).
+fn take_upstream_fields(body: &mut ProxyBody) -> Option<UpstreamFields> {
+    match body {
+        Either::Left(tracked) => tracked.take_upstream_fields(),
+        Either::Right(_) => None,
+    }
+}
 
 /// Process-level settings of the data plane (a change needs a restart).
 #[derive(Debug, Clone)]
@@ -385,6 +396,15 @@ fn spawn_connection(stream: TcpStream, peer: SocketAddr, side: &ListenerSide, ct
     }));
 }
 
+/// For hyper's writer: the fields an HTTP/1.1 upstream's response came with, in its head.
+fn upstream_fields_in_head(resp: http::Response<ProxyBody>) -> http::Response<ProxyBody> {
+    let (mut parts, mut body) = resp.into_parts();
+    if let Some(fields) = take_upstream_fields(&mut body) {
+        parts.headers = fields.into_map(&parts.headers);
+    }
+    http::Response::from_parts(parts, body)
+}
+
 /// Serves a connection through hyper (HTTP/2, and TLS), from the moment it is ready: the
 /// first request head gets its full header timeout.
 async fn serve_http<I>(io: I, info: ConnInfo, ctx: &ConnCtx)
@@ -398,7 +418,10 @@ where
         let worker = worker.clone();
         let conn = conn.clone();
         let req = req.map(body::RequestBody::Hyper);
-        async move { Ok::<_, Infallible>(worker.handle(&conn.0, Some(&conn.1), req).await) }
+        async move {
+            let resp = worker.handle(&conn.0, Some(&conn.1), req).await;
+            Ok::<_, Infallible>(upstream_fields_in_head(resp))
+        }
     });
     let conn = ctx.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -23,6 +23,7 @@ use super::body::{BodyError, RequestBody};
 use super::h1::{ChunkedDecoder, Decoded, Framing, ResponseHead, write_chunk_header};
 use super::spares::{self, READ_SIZE};
 use super::upstream::{PoolSettings, UpstreamError, cause};
+use super::upstream_fields::UpstreamFields;
 
 /// The largest response head an upstream may send.
 const MAX_HEAD: usize = 64 * 1024;
@@ -347,7 +348,8 @@ async fn read_head(
     }
 }
 
-/// The response for the client: the head as `http` types, the body still on the connection.
+/// The response for the client: status and fields as they came (`UpstreamFields`, carried
+/// by the body), the body still on the connection.
 fn respond(
     pool: &Arc<H1Pool>,
     endpoint: SocketAddr,
@@ -355,22 +357,14 @@ fn respond(
     (mut head, request_sent): (ResponseHead, bool),
 ) -> Response<UpstreamBody> {
     let bytes = conn.buf.split_to(head.len).freeze();
-    let mut headers = spares::header_map(head.fields.len() + 1);
-    for f in &head.fields {
-        if head.drop_content_length && f.is(&bytes, "content-length") {
-            continue;
-        }
-        let name = HeaderName::from_bytes(f.name.of(&bytes));
-        let value = HeaderValue::from_maybe_shared(super::http1::slice(&bytes, f.value));
-        if let (Ok(name), Ok(value)) = (name, value) {
-            headers.append(name, value);
-        }
-    }
-    spares::give_back_field_list(std::mem::take(&mut head.fields));
-    let mut resp = Response::new(UpstreamBody::empty());
+    let fields = UpstreamFields::new(
+        bytes,
+        std::mem::take(&mut head.fields),
+        head.drop_content_length,
+    );
+    let mut resp = Response::new(UpstreamBody::empty(fields));
     *resp.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
     *resp.version_mut() = Version::HTTP_11;
-    *resp.headers_mut() = headers;
     // An upgrade's connection is never pooled; the tunnel is not run on this client.
     let reusable = head.keep_alive && request_sent && head.status != 101;
     let remaining = match head.framing() {
@@ -384,11 +378,10 @@ fn respond(
         Framing::Chunked => Remaining::Chunked(Box::new(ChunkedDecoder::new(4096, MAX_HEAD))),
         Framing::UntilClose => Remaining::UntilClose,
     };
-    *resp.body_mut() = UpstreamBody {
-        conn: Some(conn),
-        remaining,
-        back_to: reusable.then(|| (pool.clone(), endpoint)),
-    };
+    let body = resp.body_mut();
+    body.conn = Some(conn);
+    body.remaining = remaining;
+    body.back_to = reusable.then(|| (pool.clone(), endpoint));
     resp
 }
 
@@ -402,18 +395,25 @@ enum Remaining {
 /// A response body read off its upstream connection as the client takes it; the connection
 /// goes back to the pool at the body's end, and closes if the body is dropped before.
 pub struct UpstreamBody {
+    /// The response's fields, until the client side takes them.
+    fields: Option<UpstreamFields>,
     conn: Option<Conn>,
     remaining: Remaining,
     back_to: Option<(Arc<H1Pool>, SocketAddr)>,
 }
 
 impl UpstreamBody {
-    fn empty() -> UpstreamBody {
+    fn empty(fields: UpstreamFields) -> UpstreamBody {
         UpstreamBody {
+            fields: Some(fields),
             conn: None,
             remaining: Remaining::Length(0),
             back_to: None,
         }
+    }
+
+    pub fn take_fields(&mut self) -> Option<UpstreamFields> {
+        self.fields.take()
     }
 
     /// The body ended: the connection carries the next request if nothing follows it.

@@ -1,0 +1,143 @@
+//! An HTTP/1.1 upstream response's fields as they came, kept as spans of its head: written to
+//! a client tidegate serves itself without being rebuilt, and made a header map only for a
+//! client hyper serves. Hop-by-hop fields (RFC 9110 7.6.1) go no further either way.
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+
+use super::h1::Field;
+use super::headers::is_hop_by_hop;
+use super::spares;
+
+pub struct UpstreamFields {
+    head: Bytes,
+    fields: Vec<Field>,
+    /// Transfer-Encoding won over a Content-Length, which is not passed on.
+    drop_content_length: bool,
+}
+
+impl UpstreamFields {
+    pub(super) fn new(head: Bytes, fields: Vec<Field>, drop_content_length: bool) -> Self {
+        UpstreamFields {
+            head,
+            fields,
+            drop_content_length,
+        }
+    }
+
+    /// The fields that go on to the client, as name and value, in the order they came.
+    fn passed(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        // Names a `Connection` field lists are hop-by-hop too; most responses name none.
+        let mut named: Vec<&[u8]> = Vec::new();
+        for f in self
+            .fields
+            .iter()
+            .filter(|f| f.is(&self.head, "connection"))
+        {
+            named.extend(
+                f.value
+                    .of(&self.head)
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|o| !o.is_empty() && !is_hop_by_hop(o)),
+            );
+        }
+        self.fields.iter().filter_map(move |f| {
+            let name = f.name.of(&self.head);
+            let dropped = is_hop_by_hop(name)
+                || (self.drop_content_length && name.eq_ignore_ascii_case(b"content-length"))
+                || named.iter().any(|n| n.eq_ignore_ascii_case(name));
+            (!dropped).then(|| (name, f.value.of(&self.head)))
+        })
+    }
+
+    /// Whether a Content-Length goes on (the body's framing needs no other).
+    pub fn has_content_length(&self) -> bool {
+        self.passed()
+            .any(|(name, _)| name.eq_ignore_ascii_case(b"content-length"))
+    }
+
+    /// Writes the passed fields, one `name: value` line each.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        for (name, value) in self.passed() {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// The passed fields put before those of `added` (what tidegate adds, Set-Cookie...).
+    pub fn into_map(self, added: &HeaderMap) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.fields.len() + added.len());
+        for (name, value) in self.passed() {
+            let value = self.head.slice_ref(value);
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_maybe_shared(value),
+            ) {
+                map.append(name, value);
+            }
+        }
+        for (name, value) in added {
+            map.append(name, value.clone());
+        }
+        map
+    }
+}
+
+impl Drop for UpstreamFields {
+    fn drop(&mut self) {
+        spares::give_back_field_list(std::mem::take(&mut self.fields));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::h1::ResponseHead;
+
+    fn fields(raw: &str) -> UpstreamFields {
+        let bytes = Bytes::copy_from_slice(raw.as_bytes());
+        let mut head = ResponseHead::default();
+        assert!(head.parse(&bytes, 64 * 1024, b"GET").expect("a valid head"));
+        UpstreamFields::new(bytes, head.fields.clone(), head.drop_content_length)
+    }
+
+    fn written(f: &UpstreamFields) -> String {
+        let mut out = Vec::new();
+        f.write(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_fields_stop_here_and_the_rest_go_on_as_they_came() {
+        let f = fields(
+            "HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive, X-Secret\r\n\
+             X-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: x\r\nUpgrade: h2c\r\n\
+             TE: trailers\r\nSet-Cookie: a=1\r\nContent-Length: 2\r\nSet-Cookie: b=2\r\n\r\n",
+        );
+        assert_eq!(
+            written(&f),
+            "Server: s\r\nSet-Cookie: a=1\r\nContent-Length: 2\r\nSet-Cookie: b=2\r\n"
+        );
+        assert!(f.has_content_length());
+
+        let mut added = HeaderMap::new();
+        added.append("set-cookie", HeaderValue::from_static("canary=v2"));
+        let map = f.into_map(&added);
+        let cookies: Vec<_> = map.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2", "canary=v2"]);
+        assert_eq!(map["content-length"], "2");
+        assert!(!map.contains_key("x-secret") && !map.contains_key("connection"));
+    }
+
+    #[test]
+    fn a_content_length_that_transfer_encoding_overrode_is_not_passed_on() {
+        let f =
+            fields("HTTP/1.1 200 OK\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(written(&f), "");
+        assert!(!f.has_content_length());
+    }
+}
