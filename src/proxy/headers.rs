@@ -97,16 +97,16 @@ fn hop_by_hop_bit(name: &HeaderName) -> u8 {
 /// Whether a field name, in any case, is one of the hop-by-hop fields `strip_hop_by_hop`
 /// removes (those a `Connection` field names aside).
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    [
-        b"connection".as_slice(),
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"transfer-encoding",
-        b"upgrade",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+    // Most names are told apart by their length alone.
+    let candidates: &[&[u8]] = match name.len() {
+        2 => &[b"te"],
+        7 => &[b"upgrade"],
+        10 => &[b"connection", b"keep-alive"],
+        16 => &[b"proxy-connection"],
+        17 => &[b"transfer-encoding"],
+        _ => return false,
+    };
+    candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
 }
 
 /// True for an HTTP/1.1 request that asks to switch protocols (WebSocket and the like).

@@ -13,49 +13,61 @@ use super::spares;
 pub struct UpstreamFields {
     head: Bytes,
     fields: Vec<Field>,
-    /// Transfer-Encoding won over a Content-Length, which is not passed on.
-    drop_content_length: bool,
+    /// Bit `i` set: field `i` goes no further (`MAX_FIELDS` fit).
+    dropped: u128,
+    has_content_length: bool,
 }
 
 impl UpstreamFields {
+    /// `drop_content_length`: Transfer-Encoding won over a Content-Length, which is not
+    /// passed on.
     pub(super) fn new(head: Bytes, fields: Vec<Field>, drop_content_length: bool) -> Self {
+        let (mut dropped, mut has_content_length) = (0u128, false);
+        let mut names_options = false;
+        for (i, f) in fields.iter().enumerate() {
+            let name = f.name.of(&head);
+            let content_length = name.eq_ignore_ascii_case(b"content-length");
+            if is_hop_by_hop(name) || (content_length && drop_content_length) {
+                dropped |= 1 << i;
+                names_options |= name.eq_ignore_ascii_case(b"connection")
+                    && connection_options(f.value.of(&head)).next().is_some();
+            } else {
+                has_content_length |= content_length;
+            }
+        }
+        // Names a `Connection` field lists are hop-by-hop too; most responses name none.
+        if names_options {
+            for c in fields.iter().filter(|f| f.is(&head, "connection")) {
+                for option in connection_options(c.value.of(&head)) {
+                    for (i, f) in fields.iter().enumerate() {
+                        if f.name.of(&head).eq_ignore_ascii_case(option) {
+                            dropped |= 1 << i;
+                            has_content_length &= !f.is(&head, "content-length");
+                        }
+                    }
+                }
+            }
+        }
         UpstreamFields {
             head,
             fields,
-            drop_content_length,
+            dropped,
+            has_content_length,
         }
     }
 
     /// The fields that go on to the client, as name and value, in the order they came.
     fn passed(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        // Names a `Connection` field lists are hop-by-hop too; most responses name none.
-        let mut named: Vec<&[u8]> = Vec::new();
-        for f in self
-            .fields
+        self.fields
             .iter()
-            .filter(|f| f.is(&self.head, "connection"))
-        {
-            named.extend(
-                f.value
-                    .of(&self.head)
-                    .split(|&b| b == b',')
-                    .map(<[u8]>::trim_ascii)
-                    .filter(|o| !o.is_empty() && !is_hop_by_hop(o)),
-            );
-        }
-        self.fields.iter().filter_map(move |f| {
-            let name = f.name.of(&self.head);
-            let dropped = is_hop_by_hop(name)
-                || (self.drop_content_length && name.eq_ignore_ascii_case(b"content-length"))
-                || named.iter().any(|n| n.eq_ignore_ascii_case(name));
-            (!dropped).then(|| (name, f.value.of(&self.head)))
-        })
+            .enumerate()
+            .filter(|(i, _)| self.dropped & (1 << i) == 0)
+            .map(|(_, f)| (f.name.of(&self.head), f.value.of(&self.head)))
     }
 
     /// Whether a Content-Length goes on (the body's framing needs no other).
     pub fn has_content_length(&self) -> bool {
-        self.passed()
-            .any(|(name, _)| name.eq_ignore_ascii_case(b"content-length"))
+        self.has_content_length
     }
 
     /// Writes the passed fields, one `name: value` line each.
@@ -85,6 +97,14 @@ impl UpstreamFields {
         }
         map
     }
+}
+
+/// The options of a `Connection` value that name other fields.
+fn connection_options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|o| !o.is_empty() && !is_hop_by_hop(o) && !o.eq_ignore_ascii_case(b"close"))
 }
 
 impl Drop for UpstreamFields {
