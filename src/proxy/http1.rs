@@ -458,8 +458,8 @@ async fn write_response(
     client_keep_alive: bool,
 ) -> std::io::Result<Sent> {
     let mut out = spares::write_buffer();
-    let sent = write_response_with(wr, resp, is_head, client_minor, client_keep_alive, &mut out);
-    let sent = sent.await;
+    let sent =
+        write_response_with(wr, resp, is_head, client_minor, client_keep_alive, &mut out).await;
     spares::give_back_write_buffer(out);
     sent
 }

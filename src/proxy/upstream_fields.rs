@@ -23,27 +23,22 @@ impl UpstreamFields {
     /// passed on.
     pub(super) fn new(head: Bytes, fields: Vec<Field>, drop_content_length: bool) -> Self {
         let (mut dropped, mut has_content_length) = (0u128, false);
-        let mut names_options = false;
         for (i, f) in fields.iter().enumerate() {
             let name = f.name.of(&head);
             let content_length = name.eq_ignore_ascii_case(b"content-length");
             if is_hop_by_hop(name) || (content_length && drop_content_length) {
                 dropped |= 1 << i;
-                names_options |= name.eq_ignore_ascii_case(b"connection")
-                    && connection_options(f.value.of(&head)).next().is_some();
             } else {
                 has_content_length |= content_length;
             }
         }
         // Names a `Connection` field lists are hop-by-hop too; most responses name none.
-        if names_options {
-            for c in fields.iter().filter(|f| f.is(&head, "connection")) {
-                for option in connection_options(c.value.of(&head)) {
-                    for (i, f) in fields.iter().enumerate() {
-                        if f.name.of(&head).eq_ignore_ascii_case(option) {
-                            dropped |= 1 << i;
-                            has_content_length &= !f.is(&head, "content-length");
-                        }
+        for c in fields.iter().filter(|f| f.is(&head, "connection")) {
+            for option in connection_options(c.value.of(&head)) {
+                for (i, f) in fields.iter().enumerate() {
+                    if f.name.of(&head).eq_ignore_ascii_case(option) {
+                        dropped |= 1 << i;
+                        has_content_length &= !f.is(&head, "content-length");
                     }
                 }
             }
