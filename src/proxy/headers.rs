@@ -14,20 +14,19 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // One pass over the names says which are present; a removal is a hash lookup, and most
     // messages carry none of these or only `Connection: keep-alive`.
-    let present = headers
-        .keys()
-        .fold(0u8, |found, k| found | hop_by_hop_bit(k));
+    let present = headers.keys().fold(0u8, |found, k| {
+        found | hop_by_hop_bit(k.as_str().as_bytes())
+    });
     if present == 0 && !upgrade {
         return;
     }
     if present & CONNECTION_BIT != 0 {
         let mut named: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
-            for option in value.as_bytes().split(|&b| b == b',') {
-                if let Some(name) = named_header(option) {
-                    named.push(name);
-                }
-            }
+            named.extend(
+                connection_options(value.as_bytes())
+                    .filter_map(|option| HeaderName::from_bytes(option).ok()),
+            );
         }
         for name in named {
             headers.remove(name);
@@ -59,18 +58,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// The header a `Connection` option names, if it needs removing on its own: options that
-/// name no header, or one removed anyway, need no lookup.
-fn named_header(option: &[u8]) -> Option<HeaderName> {
-    let option = option.trim_ascii();
-    if option.is_empty()
-        || option.eq_ignore_ascii_case(b"keep-alive")
-        || option.eq_ignore_ascii_case(b"close")
-        || option.eq_ignore_ascii_case(b"upgrade")
-    {
-        return None;
-    }
-    HeaderName::from_bytes(option).ok()
+/// The options of a `Connection` value that name fields to remove on their own: not
+/// `close`, and not `keep-alive` or `upgrade`, removed anyway.
+pub fn connection_options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|o| {
+            !o.is_empty()
+                && !o.eq_ignore_ascii_case(b"keep-alive")
+                && !o.eq_ignore_ascii_case(b"close")
+                && !o.eq_ignore_ascii_case(b"upgrade")
+        })
 }
 
 // Which hop-by-hop headers `strip_hop_by_hop`'s one pass found.
@@ -81,32 +80,30 @@ const TE_BIT: u8 = 8;
 const TRANSFER_ENCODING_BIT: u8 = 16;
 const UPGRADE_BIT: u8 = 32;
 
-fn hop_by_hop_bit(name: &HeaderName) -> u8 {
-    // Names are lowercase; most are rejected on their length alone.
-    match name.as_str() {
-        "connection" => CONNECTION_BIT,
-        "keep-alive" => KEEP_ALIVE_BIT,
-        "proxy-connection" => PROXY_CONNECTION_BIT,
-        "te" => TE_BIT,
-        "transfer-encoding" => TRANSFER_ENCODING_BIT,
-        "upgrade" => UPGRADE_BIT,
-        _ => 0,
-    }
+/// A field name's bit, in any case; 0 for a name that is not hop-by-hop.
+fn hop_by_hop_bit(name: &[u8]) -> u8 {
+    // Most names are told apart by their length alone.
+    let candidates: &[(&[u8], u8)] = match name.len() {
+        2 => &[(b"te", TE_BIT)],
+        7 => &[(b"upgrade", UPGRADE_BIT)],
+        10 => &[
+            (b"connection", CONNECTION_BIT),
+            (b"keep-alive", KEEP_ALIVE_BIT),
+        ],
+        16 => &[(b"proxy-connection", PROXY_CONNECTION_BIT)],
+        17 => &[(b"transfer-encoding", TRANSFER_ENCODING_BIT)],
+        _ => return 0,
+    };
+    candidates
+        .iter()
+        .find(|(c, _)| name.eq_ignore_ascii_case(c))
+        .map_or(0, |(_, bit)| *bit)
 }
 
 /// Whether a field name, in any case, is one of the hop-by-hop fields `strip_hop_by_hop`
 /// removes (those a `Connection` field names aside).
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    // Most names are told apart by their length alone.
-    let candidates: &[&[u8]] = match name.len() {
-        2 => &[b"te"],
-        7 => &[b"upgrade"],
-        10 => &[b"connection", b"keep-alive"],
-        16 => &[b"proxy-connection"],
-        17 => &[b"transfer-encoding"],
-        _ => return false,
-    };
-    candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
+    hop_by_hop_bit(name) != 0
 }
 
 /// True for an HTTP/1.1 request that asks to switch protocols (WebSocket and the like).

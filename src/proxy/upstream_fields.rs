@@ -6,17 +6,20 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
-use super::h1::Field;
-use super::headers::is_hop_by_hop;
+use super::h1::{Field, MAX_FIELDS};
+use super::headers::{connection_options, is_hop_by_hop};
 use super::spares;
 
 pub struct UpstreamFields {
     head: Bytes,
     fields: Vec<Field>,
-    /// Bit `i` set: field `i` goes no further (`MAX_FIELDS` fit).
+    /// Bit `i` set: field `i` goes no further.
     dropped: u128,
     has_content_length: bool,
 }
+
+// A head has at most `MAX_FIELDS` fields: each has its bit in `dropped`.
+const _: () = assert!(MAX_FIELDS <= u128::BITS as usize);
 
 impl UpstreamFields {
     /// `drop_content_length`: Transfer-Encoding won over a Content-Length, which is not
@@ -92,14 +95,6 @@ impl UpstreamFields {
         }
         map
     }
-}
-
-/// The options of a `Connection` value that name other fields.
-fn connection_options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|o| !o.is_empty() && !is_hop_by_hop(o) && !o.eq_ignore_ascii_case(b"close"))
 }
 
 impl Drop for UpstreamFields {
