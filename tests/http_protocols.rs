@@ -1348,9 +1348,21 @@ async fn slow_request_headers_get_the_connection_closed() {
         Response::new(body)
     })
     .await;
+    let stuck = serve(|_req: Request<Incoming>| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Response::new(Full::new(Bytes::from("too late")))
+    })
+    .await;
     let proxy = TestProxy::start(&config(
         &[
             route("slow", "/slow", &[slow], "", ""),
+            route(
+                "stuck",
+                "/stuck",
+                &[stuck],
+                "",
+                "upstream_response_timeout: 1500ms",
+            ),
             route("app", "/", &[backend.addr], "", ""),
         ],
         "timeouts: {request_header: 500ms}",
@@ -1373,6 +1385,25 @@ async fn slow_request_headers_get_the_connection_closed() {
         .to_bytes();
     assert_eq!(body, "slow answer");
     assert_eq!(served(&mut conn).await, 200);
+
+    // A connection that waited long for its answer idles out at the header timeout after it,
+    // not at the 30 s response timeout the wait was under.
+    let mut waited = Raw::connect(proxy.addr()).await;
+    waited
+        .send(b"GET /slow HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await;
+    assert_eq!(waited.read_response().await.body, b"slow answer");
+    assert!(waited.wait_closed().await.is_empty());
+
+    // A response timeout longer than the header timeout still ends a wait that is too long.
+    let started = Instant::now();
+    let mut stuck = Raw::connect(proxy.addr()).await;
+    stuck
+        .send(b"GET /stuck HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await;
+    let resp = stuck.read_response().await;
+    assert_eq!(resp.status, 504, "{}", resp.head);
+    assert!(started.elapsed() >= Duration::from_millis(1500));
 
     // Slow but in time: served.
     let mut idle = Raw::connect(proxy.addr()).await;

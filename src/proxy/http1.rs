@@ -20,10 +20,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
+use tokio::time::Sleep;
 
 use super::body::{BodyError, BodyFrames, RequestBody};
 use super::h1::{ChunkedDecoder, Decoded, Framing, HeadError, RequestHead, write_chunk_header};
-use super::service::{ConnInfo, Tunnel, relay_tunnel};
+use super::service::{ConnInfo, ServedBy, Tunnel, relay_tunnel};
 use super::spares::{self, READ_SIZE};
 use super::upstream_fields::UpstreamFields;
 use super::{ConnCtx, ConnSlot, ProxyBody};
@@ -60,6 +61,12 @@ pub(super) fn serve(
             // ready or of the previous response being sent.
             // Kept in milliseconds: 8 bytes of every idle connection's task, not 16.
             let deadline_ms = clock::now_ms() + clock::millis(ctx.header_timeout);
+            // The request's response timeout may have moved the timer past it.
+            if clock::ms_at(timer.deadline().into_std()) > deadline_ms {
+                timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + ctx.header_timeout);
+            }
             // A block of its own, so that `parsed` is gone before the request is waited on.
             let step = {
                 let parsed = loop {
@@ -138,7 +145,14 @@ pub(super) fn serve(
                     }
                 };
                 first = false;
-                Box::pin(after_head(&mut stream, &info, &ctx, &mut buf, parsed))
+                Box::pin(after_head(
+                    &mut stream,
+                    &info,
+                    &ctx,
+                    &mut buf,
+                    timer.as_mut(),
+                    parsed,
+                ))
             };
             if !step.await {
                 return;
@@ -154,10 +168,11 @@ async fn after_head(
     info: &ConnInfo,
     ctx: &ConnCtx,
     buf: &mut BytesMut,
+    timer: Pin<&mut Sleep>,
     parsed: Result<RequestHead, HeadError>,
 ) -> bool {
     let next = match parsed {
-        Ok(head) => one_request(stream, info, ctx, buf, head).await,
+        Ok(head) => one_request(stream, info, ctx, buf, timer, head).await,
         Err(e) => {
             let kind = match e {
                 HeadError::TooLarge(_) => ErrorKind::HeaderTooLarge,
@@ -199,12 +214,14 @@ enum Next {
     Tunnel(Tunnel),
 }
 
-/// One request, from its parsed head to its response's last byte.
+/// One request, from its parsed head to its response's last byte; the connection's timer
+/// keeps the response timeout meanwhile.
 async fn one_request(
     stream: &mut TcpStream,
     info: &ConnInfo,
     ctx: &ConnCtx,
     buf: &mut BytesMut,
+    timer: Pin<&mut Sleep>,
     head: RequestHead,
 ) -> Next {
     let head_bytes = buf.split_to(head.len).freeze();
@@ -243,7 +260,7 @@ async fn one_request(
     let (mut rd, mut wr) = stream.split();
     // Pinned where they are made: a move would copy these large futures.
     let mut exchange = std::pin::pin!(async {
-        let resp = ctx.worker.handle(info, None, req).await;
+        let resp = ctx.worker.handle(info, ServedBy::Own(timer), req).await;
         write_response(&mut wr, resp, is_head, minor, client_keep_alive).await
     });
     // The pump owns the body's sender: when it is done the upstream sees the end.

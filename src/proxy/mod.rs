@@ -42,7 +42,7 @@ pub use drain::DrainTracker;
 use forwarding::Peer;
 pub use forwarding::TrustedProxies;
 use idle::{IdleCheck, IdleState};
-pub use service::{ConnInfo, Worker};
+pub use service::{ConnInfo, ServedBy, Worker};
 pub use tls::{CertStore, TlsError};
 pub use upstream::PoolSettings;
 use upstream_fields::UpstreamFields;
@@ -419,7 +419,7 @@ where
         let conn = conn.clone();
         let req = req.map(body::RequestBody::Hyper);
         async move {
-            let resp = worker.handle(&conn.0, Some(&conn.1), req).await;
+            let resp = worker.handle(&conn.0, ServedBy::Hyper(&conn.1), req).await;
             Ok::<_, Infallible>(upstream_fields_in_head(resp))
         }
     });

@@ -1,6 +1,8 @@
 //! One request through the proxy: match a route, choose version and endpoint, relay, count.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -9,6 +11,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
 use http_body_util::Either;
 use hyper::body::Body;
 use hyper_util::rt::TokioIo;
+use tokio::time::Sleep;
 
 use super::ProxyBody;
 use super::body::{RequestBody, ResponseBody, TrackedBody};
@@ -59,19 +62,33 @@ struct Target {
     set_cookie: Option<HeaderValue>,
 }
 
+/// Who serves a request's client connection, and what the worker borrows from it.
+pub enum ServedBy<'a> {
+    /// hyper: the keep-alive guard's view of the connection, held busy until the response
+    /// has been sent.
+    Hyper(&'a Arc<IdleState>),
+    /// tidegate's own HTTP/1.1 loop, which keeps its own guard and lends the connection's
+    /// timer for the response timeout: a request then costs no timer registration.
+    Own(Pin<&'a mut Sleep>),
+}
+
 impl Worker {
     /// Relays one request; every failure turns into a plain response here and is counted.
-    /// `idle` is the keep-alive guard's view of a connection hyper serves, held busy until
-    /// the response has been sent; tidegate's own HTTP/1.1 loop keeps its own and has none.
     pub async fn handle(
         &self,
         conn: &ConnInfo,
-        idle: Option<&Arc<IdleState>>,
+        served_by: ServedBy<'_>,
         req: Request<RequestBody>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
-        let busy = idle.map(|idle| BusyGuard::begin(idle, req.version() == HttpVersion::HTTP_2));
-        match self.relay(conn, req, start, busy).await {
+        let (busy, timer) = match served_by {
+            ServedBy::Hyper(idle) => (
+                Some(BusyGuard::begin(idle, req.version() == HttpVersion::HTTP_2)),
+                None,
+            ),
+            ServedBy::Own(timer) => (None, Some(timer)),
+        };
+        match self.relay(conn, req, start, busy, timer).await {
             Ok(resp) => resp,
             Err((err, stats)) => {
                 self.metrics.count_error(err.kind());
@@ -90,6 +107,7 @@ impl Worker {
         mut req: Request<RequestBody>,
         start: Instant,
         busy: Option<BusyGuard>,
+        timer: Option<Pin<&mut Sleep>>,
     ) -> Result<Response<ProxyBody>, (ProxyError, Option<Arc<VersionStats>>)> {
         headers::check_request_head(req.headers(), self.max_header_bytes).map_err(|e| (e, None))?;
         let upgrade =
@@ -116,7 +134,7 @@ impl Worker {
         };
         let up_req = upstream_request(conn, req, upgrade, protocol, &target.endpoint);
         let (mut resp, endpoint) = self
-            .send(&target, up_req, upgrade, protocol, start)
+            .send(&target, up_req, upgrade, protocol, start, timer)
             .await
             .map_err(fail)?;
 
@@ -166,7 +184,8 @@ impl Worker {
 
     /// Sends the request within the route's response timeout, to `target`'s endpoint; a
     /// request that never left (connect failed) and may be retried goes once to another
-    /// endpoint of the version. The response, and the endpoint that gave it.
+    /// endpoint of the version. The response, and the endpoint that gave it. The timeout
+    /// runs on `timer` when the connection lends one.
     async fn send(
         &self,
         target: &Target,
@@ -174,6 +193,7 @@ impl Worker {
         upgrade: bool,
         protocol: UpstreamProtocol,
         start: Instant,
+        mut timer: Option<Pin<&mut Sleep>>,
     ) -> Result<(Response<ResponseBody>, Arc<Endpoint>), ProxyError> {
         let mut endpoint = target.endpoint.clone();
         // Only requests that may be retried pay for a copy of their head.
@@ -197,16 +217,20 @@ impl Worker {
                     upstreams.send(protocol, addr, up_req).await
                 }
             });
-            match tokio::time::timeout_at(deadline, sending).await {
-                Ok(Ok(resp)) => return Ok((resp, endpoint)),
-                Err(_) => {
+            let sent = match timer.as_mut() {
+                Some(timer) => within(timer.as_mut(), deadline, sending).await,
+                None => tokio::time::timeout_at(deadline, sending).await.ok(),
+            };
+            match sent {
+                Some(Ok(resp)) => return Ok((resp, endpoint)),
+                None => {
                     endpoint.record_failure(&target.passive, clock::now_ms());
                     return Err(ProxyError::UpstreamTimeout(
                         endpoint.addr.to_string(),
                         target.timeout,
                     ));
                 }
-                Ok(Err(UpstreamError::Connect(cause))) => {
+                Some(Err(UpstreamError::Connect(cause))) => {
                     tracing::debug!(endpoint = %endpoint.addr, %cause, "upstream connect failed");
                     target.stats.record_connect_error();
                     endpoint.record_failure(&target.passive, clock::now_ms());
@@ -232,7 +256,7 @@ impl Worker {
                     up_req = Request::from_parts(parts, RequestBody::Empty);
                     deadline = tokio::time::Instant::now() + target.timeout;
                 }
-                Ok(Err(UpstreamError::Failed(cause))) => {
+                Some(Err(UpstreamError::Failed(cause))) => {
                     endpoint.record_failure(&target.passive, clock::now_ms());
                     return Err(ProxyError::UpstreamFailed(endpoint.addr.to_string(), cause));
                 }
@@ -375,6 +399,31 @@ fn upstream_request(
 
 /// Copies bytes both ways between the two sides of an upgraded connection until either side
 /// closes, or `removed` fires (the version was removed after its drain timeout).
+/// `fut`'s output, or None once `deadline` has passed, waited for on a timer that may be
+/// due earlier (it is then moved on, which costs no registration when it is later).
+async fn within<F: Future>(
+    mut timer: Pin<&mut Sleep>,
+    deadline: tokio::time::Instant,
+    mut fut: Pin<&mut F>,
+) -> Option<F::Output> {
+    if timer.deadline() > deadline {
+        timer.as_mut().reset(deadline);
+    }
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if timer.deadline() >= deadline {
+                return Poll::Ready(None);
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 pub(super) async fn relay_tunnel<C, U>(
     client: &mut C,
     upstream: &mut U,
