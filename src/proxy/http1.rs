@@ -27,13 +27,27 @@ use super::h1::{ChunkedDecoder, Decoded, Framing, HeadError, RequestHead, write_
 use super::service::{ConnInfo, ServedBy, Tunnel, relay_tunnel};
 use super::spares::{self, READ_SIZE};
 use super::upstream_fields::UpstreamFields;
-use super::{ConnCtx, ConnSlot, ProxyBody};
+use super::{ConnSlot, ProxyBody};
 use crate::clock;
 use crate::metrics::ErrorKind;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Response bytes gathered before a write; smaller responses go out in one write.
 const WRITE_SIZE: usize = 16 * 1024;
+
+/// A plaintext client connection: what its task keeps between requests, and what each
+/// request's future takes over (by value: a request's state then borrows nothing, and its
+/// box can come from the worker's spares) and gives back.
+struct Client {
+    stream: TcpStream,
+    info: ConnInfo,
+    ctx: ConnSlot,
+    buf: BytesMut,
+    /// The connection's one timer: the header timeout while a head is awaited, the response
+    /// timeout while a request waits for its answer. Moved to the current deadline only when
+    /// it fires early, so a request costs no timer registration.
+    timer: Pin<Box<Sleep>>,
+}
 
 /// Serves one plaintext client connection until it closes, idles out, or the worker stops.
 ///
@@ -45,18 +59,28 @@ const WRITE_SIZE: usize = 16 * 1024;
     reason = "an async fn keeps its arguments twice"
 )]
 pub(super) fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     info: ConnInfo,
     ctx: ConnSlot,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
-        let mut buf = BytesMut::new();
+        let timer = Box::pin(tokio::time::sleep(ctx.header_timeout));
+        let mut client = Client {
+            stream,
+            info,
+            ctx,
+            buf: BytesMut::new(),
+            timer,
+        };
         let mut first = true;
-        // The connection's one timer: moved to the current deadline only when it fires early,
-        // so a request costs no timer registration.
-        let timer = tokio::time::sleep(ctx.header_timeout);
-        tokio::pin!(timer);
         loop {
+            let Client {
+                stream,
+                ctx,
+                buf,
+                timer,
+                ..
+            } = &mut client;
             // The next head must arrive within the header timeout of the connection being
             // ready or of the previous response being sent.
             // Kept in milliseconds: 8 bytes of every idle connection's task, not 16.
@@ -67,118 +91,101 @@ pub(super) fn serve(
                     .as_mut()
                     .reset(tokio::time::Instant::now() + ctx.header_timeout);
             }
-            // A block of its own, so that `parsed` is gone before the request is waited on.
-            let step = {
-                let parsed = loop {
-                    if first && buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
-                        // Maybe HTTP/2 with prior knowledge: wait for the whole preface.
-                    } else if first && buf.starts_with(H2_PREFACE) {
-                        let io = TokioIo::new(Prefixed {
-                            prefix: buf.freeze(),
-                            inner: stream,
-                        });
-                        return Box::pin(super::serve_http(io, info, &ctx)).await;
+            let parsed = loop {
+                if first && buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
+                    // Maybe HTTP/2 with prior knowledge: wait for the whole preface.
+                } else if first && buf.starts_with(H2_PREFACE) {
+                    let io = TokioIo::new(Prefixed {
+                        prefix: std::mem::take(buf).freeze(),
+                        inner: client.stream,
+                    });
+                    return Box::pin(super::serve_http(io, client.info, &client.ctx)).await;
+                } else {
+                    // Made afresh for each look: a head is never kept across a wait.
+                    let mut head = RequestHead {
+                        fields: spares::field_list(),
+                        ..RequestHead::default()
+                    };
+                    let parsed = head.parse(buf, ctx.worker.max_header_bytes + 4096);
+                    match parsed {
+                        Ok(true) => break Ok(head),
+                        Ok(false) => spares::give_back_field_list(head.fields),
+                        Err(e) => {
+                            spares::give_back_field_list(head.fields);
+                            break Err(e);
+                        }
+                    }
+                }
+                if buf.is_empty() {
+                    // Idle: hold no buffer while waiting.
+                    spares::give_back_read_buffer(std::mem::take(buf));
+                }
+                // Polled by hand: the connection's task stays small while it waits.
+                let idle = buf.is_empty();
+                let mut stop = std::pin::pin!(ctx.stop.notified());
+                let woke = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = stream.poll_read_ready(cx) {
+                        Poll::Ready(Woke::Readable(r.is_ok()))
+                    } else if timer.as_mut().poll(cx).is_ready() {
+                        Poll::Ready(Woke::Timer)
+                    } else if idle && (stop.as_mut().poll(cx).is_ready() || ctx.stopping()) {
+                        Poll::Ready(Woke::Stopped)
                     } else {
-                        // Made afresh for each look: a head is never kept across a wait.
-                        let mut head = RequestHead {
-                            fields: spares::field_list(),
-                            ..RequestHead::default()
-                        };
-                        let parsed = head.parse(&buf, ctx.worker.max_header_bytes + 4096);
-                        match parsed {
-                            Ok(true) => break Ok(head),
-                            Ok(false) => spares::give_back_field_list(head.fields),
-                            Err(e) => {
-                                spares::give_back_field_list(head.fields);
-                                break Err(e);
-                            }
+                        Poll::Pending
+                    }
+                })
+                .await;
+                match woke {
+                    Woke::Readable(true) => {}
+                    Woke::Readable(false) | Woke::Stopped => return,
+                    Woke::Timer => {
+                        let left = deadline_ms.saturating_sub(clock::now_ms());
+                        if left > 0 {
+                            timer
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + Duration::from_millis(left));
+                            continue;
                         }
-                    }
-                    if buf.is_empty() {
-                        // Idle: hold no buffer while waiting.
-                        spares::give_back_read_buffer(std::mem::take(&mut buf));
-                    }
-                    // Polled by hand: the connection's task stays small while it waits.
-                    let idle = buf.is_empty();
-                    let mut stop = std::pin::pin!(ctx.stop.notified());
-                    let woke = std::future::poll_fn(|cx| {
-                        if let Poll::Ready(r) = stream.poll_read_ready(cx) {
-                            Poll::Ready(Woke::Readable(r.is_ok()))
-                        } else if timer.as_mut().poll(cx).is_ready() {
-                            Poll::Ready(Woke::Timer)
-                        } else if idle && (stop.as_mut().poll(cx).is_ready() || ctx.stopping()) {
-                            Poll::Ready(Woke::Stopped)
-                        } else {
-                            Poll::Pending
+                        // An idle keep-alive connection closing is no error; a slow head is.
+                        if first || !idle {
+                            ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
                         }
-                    })
-                    .await;
-                    match woke {
-                        Woke::Readable(true) => {}
-                        Woke::Readable(false) | Woke::Stopped => return,
-                        Woke::Timer => {
-                            let left = deadline_ms.saturating_sub(clock::now_ms());
-                            if left > 0 {
-                                timer.as_mut().reset(
-                                    tokio::time::Instant::now() + Duration::from_millis(left),
-                                );
-                                continue;
-                            }
-                            // An idle keep-alive connection closing is no error; a slow head is.
-                            if first || !idle {
-                                ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
-                            }
-                            return;
-                        }
+                        return;
                     }
-                    if buf.capacity() == 0 {
-                        buf = spares::read_buffer();
-                    } else {
-                        buf.reserve(READ_SIZE);
-                    }
-                    // Readable: the read is done at once (a false alarm waits again). A short
-                    // read tells tokio the socket is drained, which saves a syscall on the next
-                    // wait.
-                    match stream.read_buf(&mut buf).now_or_never() {
-                        Some(Ok(0)) | Some(Err(_)) => return,
-                        Some(Ok(_)) | None => {}
-                    }
-                };
-                first = false;
-                Box::pin(after_head(
-                    &mut stream,
-                    &info,
-                    &ctx,
-                    &mut buf,
-                    timer.as_mut(),
-                    parsed,
-                ))
+                }
+                if buf.capacity() == 0 {
+                    *buf = spares::read_buffer();
+                } else {
+                    buf.reserve(READ_SIZE);
+                }
+                // Readable: the read is done at once (a false alarm waits again). A short
+                // read tells tokio the socket is drained, which saves a syscall on the next
+                // wait.
+                match stream.read_buf(buf).now_or_never() {
+                    Some(Ok(0)) | Some(Err(_)) => return,
+                    Some(Ok(_)) | None => {}
+                }
             };
-            if !step.await {
-                return;
+            first = false;
+            match spares::boxed(after_head(client, parsed)).await {
+                Some(next) => client = next,
+                None => return,
             }
         }
     }
 }
 
-/// Serves the request whose head was read, or refuses a head that could not be; false when
-/// the connection is done.
-async fn after_head(
-    stream: &mut TcpStream,
-    info: &ConnInfo,
-    ctx: &ConnCtx,
-    buf: &mut BytesMut,
-    timer: Pin<&mut Sleep>,
-    parsed: Result<RequestHead, HeadError>,
-) -> bool {
+/// Serves the request whose head was read, or refuses a head that could not be; the
+/// connection back when it waits for another request.
+async fn after_head(mut client: Client, parsed: Result<RequestHead, HeadError>) -> Option<Client> {
     let next = match parsed {
-        Ok(head) => one_request(stream, info, ctx, buf, timer, head).await,
+        Ok(head) => one_request(&mut client, head).await,
         Err(e) => {
             let kind = match e {
                 HeadError::TooLarge(_) => ErrorKind::HeaderTooLarge,
                 _ => ErrorKind::BadRequest,
             };
-            ctx.worker.metrics.count_error(kind);
+            client.ctx.worker.metrics.count_error(kind);
             let cause = match e {
                 HeadError::Malformed(why) => format!("bad request: {why}"),
                 e => e.to_string(),
@@ -186,8 +193,9 @@ async fn after_head(
             Next::Refuse(e.request_status(), cause)
         }
     };
+    let stream = &mut client.stream;
     match next {
-        Next::Another => return true,
+        Next::Another => return Some(client),
         Next::Close => {
             let _ = stream.shutdown().await;
         }
@@ -195,9 +203,12 @@ async fn after_head(
             let _ = refuse(stream, status, &cause).await;
         }
         Next::Gone => {}
-        Next::Tunnel(tunnel) => Box::pin(run_tunnel(stream, buf.split().freeze(), tunnel)).await,
+        Next::Tunnel(tunnel) => {
+            let early = client.buf.split().freeze();
+            Box::pin(run_tunnel(stream, early, tunnel)).await
+        }
     }
-    false
+    None
 }
 
 /// What a connection does after a request.
@@ -216,14 +227,14 @@ enum Next {
 
 /// One request, from its parsed head to its response's last byte; the connection's timer
 /// keeps the response timeout meanwhile.
-async fn one_request(
-    stream: &mut TcpStream,
-    info: &ConnInfo,
-    ctx: &ConnCtx,
-    buf: &mut BytesMut,
-    timer: Pin<&mut Sleep>,
-    head: RequestHead,
-) -> Next {
+async fn one_request(client: &mut Client, head: RequestHead) -> Next {
+    let Client {
+        stream,
+        info,
+        ctx,
+        buf,
+        timer,
+    } = client;
     let head_bytes = buf.split_to(head.len).freeze();
     let Some(mut req) = request(&head, &head_bytes) else {
         ctx.worker.metrics.count_error(ErrorKind::BadRequest);
@@ -260,7 +271,10 @@ async fn one_request(
     let (mut rd, mut wr) = stream.split();
     // Pinned where they are made: a move would copy these large futures.
     let mut exchange = std::pin::pin!(async {
-        let resp = ctx.worker.handle(info, ServedBy::Own(timer), req).await;
+        let resp = ctx
+            .worker
+            .handle(info, ServedBy::Own(timer.as_mut()), req)
+            .await;
         write_response(&mut wr, resp, is_head, minor, client_keep_alive).await
     });
     // The pump owns the body's sender: when it is done the upstream sees the end.

@@ -1,9 +1,12 @@
 //! What a worker's HTTP/1.1 requests hold only while they are in flight (read buffers, field
-//! lists, header maps, write buffers), given back when done and handed to the next request
-//! instead of allocated afresh: an idle connection holds none of it, a busy one allocates
-//! nothing for it.
+//! lists, header maps, write buffers, the box of the request's state), given back when done
+//! and handed to the next request instead of allocated afresh: an idle connection holds none
+//! of it, a busy one allocates nothing for it.
 
+use std::any::Any;
 use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
 use http::HeaderMap;
@@ -44,6 +47,73 @@ thread_local! {
     static FIELD_LISTS: Spares<Vec<Field>> = const { Spares::new() };
     static HEADER_MAPS: Spares<HeaderMap> = const { Spares::new() };
     static WRITE_BUFFERS: Spares<Vec<u8>> = const { Spares::new() };
+    /// Empty boxes for one type of future (`Vec<FutureBox<F>>`): a request's state is some
+    /// kilobytes, too large for the allocator's fast path.
+    static FUTURE_BOXES: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+type FutureBox<F> = Pin<Box<Option<F>>>;
+
+/// `future` in a box from the worker's spares, given back when the future is done or dropped.
+pub fn boxed<F: Future + 'static>(future: F) -> SpareBoxed<F> {
+    let spare = FUTURE_BOXES.with(|s| {
+        s.borrow_mut()
+            .as_mut()?
+            .downcast_mut::<Vec<FutureBox<F>>>()?
+            .pop()
+    });
+    let slot = match spare {
+        Some(mut slot) => {
+            slot.as_mut().set(Some(future));
+            slot
+        }
+        None => Box::pin(Some(future)),
+    };
+    SpareBoxed(Some(slot))
+}
+
+/// A future in a spare box; see `boxed`.
+pub struct SpareBoxed<F: Future + 'static>(Option<FutureBox<F>>);
+
+impl<F: Future + 'static> Future for SpareBoxed<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let slot = self.0.as_mut().expect("polled after completion");
+        let inner = slot
+            .as_mut()
+            .as_pin_mut()
+            .expect("a boxed future until done");
+        let out = ready!(inner.poll(cx));
+        self.give_back();
+        Poll::Ready(out)
+    }
+}
+
+impl<F: Future + 'static> SpareBoxed<F> {
+    fn give_back(&mut self) {
+        let Some(mut slot) = self.0.take() else {
+            return;
+        };
+        // Dropped before the box is kept: what the future holds goes now.
+        slot.as_mut().set(None);
+        // At thread exit the spares may be gone already; the box is then freed.
+        let _ = FUTURE_BOXES.try_with(|s| {
+            let mut s = s.borrow_mut();
+            let kept = s.get_or_insert_with(|| Box::new(Vec::<FutureBox<F>>::new()));
+            if let Some(kept) = kept.downcast_mut::<Vec<FutureBox<F>>>()
+                && kept.len() < KEPT
+            {
+                kept.push(slot);
+            }
+        });
+    }
+}
+
+impl<F: Future + 'static> Drop for SpareBoxed<F> {
+    fn drop(&mut self) {
+        self.give_back();
+    }
 }
 
 /// An empty buffer with room for `READ_SIZE` bytes.
@@ -145,6 +215,49 @@ mod tests {
         big.insert(http::header::HOST, "a".parse().unwrap());
         give_back_header_map(big);
         assert!(header_map(8).capacity() <= MAP_ENTRIES);
+    }
+
+    /// One type of future for every call, as a request's future is.
+    async fn answer(n: usize, held: Option<std::sync::Arc<()>>, wait: bool) -> usize {
+        if wait {
+            std::future::pending::<()>().await;
+        }
+        drop(held);
+        n
+    }
+
+    fn address<F: Future + 'static>(f: &SpareBoxed<F>) -> *const () {
+        f.0.as_deref()
+            .map_or(std::ptr::null(), |b| std::ptr::from_ref(b).cast())
+    }
+
+    #[tokio::test]
+    async fn a_future_box_is_used_again_once_its_future_is_done_or_dropped() {
+        let owned = std::sync::Arc::new(());
+        let first = boxed(answer(1, Some(owned.clone()), false));
+        let place = address(&first);
+        assert_eq!(first.await, 1);
+        assert_eq!(
+            std::sync::Arc::strong_count(&owned),
+            1,
+            "what a finished future held is let go with it, not when its box is next used"
+        );
+
+        let second = boxed(answer(2, None, false));
+        assert_eq!(address(&second), place, "the box is used again");
+        assert_eq!(second.await, 2);
+
+        let abandoned = boxed(answer(3, Some(owned.clone()), true));
+        assert_eq!(address(&abandoned), place);
+        drop(abandoned);
+        assert_eq!(std::sync::Arc::strong_count(&owned), 1);
+        let fourth = boxed(answer(4, None, false));
+        assert_eq!(
+            address(&fourth),
+            place,
+            "a dropped future's box comes back too"
+        );
+        assert_eq!(fourth.await, 4);
     }
 
     #[test]
