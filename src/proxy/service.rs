@@ -132,9 +132,9 @@ impl Worker {
         } else {
             target.protocol
         };
-        let up_req = upstream_request(conn, req, upgrade, protocol, &target.endpoint);
+        upstream_request(conn, &mut req, upgrade, protocol, &target.endpoint);
         let (mut resp, endpoint) = self
-            .send(&target, up_req, upgrade, protocol, start, timer)
+            .send(&target, req, upgrade, protocol, start, timer)
             .await
             .map_err(fail)?;
 
@@ -171,15 +171,11 @@ impl Worker {
                 Either::Right(Default::default()),
             ));
         }
-        let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers, false);
+        headers::strip_hop_by_hop(resp.headers_mut(), false);
         if let Some(cookie) = target.set_cookie {
-            parts.headers.append(header::SET_COOKIE, cookie);
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
-        Ok(Response::from_parts(
-            parts,
-            Either::Left(TrackedBody::new(body, active, busy)),
-        ))
+        Ok(resp.map(|body| Either::Left(TrackedBody::new(body, active, busy))))
     }
 
     /// Sends the request within the route's response timeout, to `target`'s endpoint; a
@@ -348,41 +344,41 @@ impl Worker {
 /// added, and the target and version the upstream's protocol wants. HTTP/1.1 sends the path
 /// and keeps the client's Host header; HTTP/2 carries the client's host as :authority.
 /// Either way the connection is picked by endpoint.
+/// Changed in place: a request is a few hundred bytes, and every move copies them.
 fn upstream_request(
     conn: &ConnInfo,
-    req: Request<RequestBody>,
+    req: &mut Request<RequestBody>,
     upgrade: bool,
     protocol: UpstreamProtocol,
     endpoint: &Endpoint,
-) -> Request<RequestBody> {
-    let (mut parts, body) = req.into_parts();
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
+) {
+    let host = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    parts.headers.remove(header::EXPECT);
-    forwarding::add_forwarding(&mut parts.headers, &conn.peer, conn.tls, host.as_ref());
+    let headers = req.headers_mut();
+    headers::strip_hop_by_hop(headers, upgrade);
+    headers.remove(header::EXPECT);
+    forwarding::add_forwarding(headers, &conn.peer, conn.tls, host.as_ref());
     // Taken, not cloned: a clone of a freshly parsed URI allocates.
-    let path = std::mem::take(&mut parts.uri)
+    let path = std::mem::take(req.uri_mut())
         .into_parts()
         .path_and_query
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = match protocol {
+    let uri = match protocol {
         UpstreamProtocol::Http1 => {
-            parts.version = HttpVersion::HTTP_11;
+            *req.version_mut() = HttpVersion::HTTP_11;
             if let Some(h) = &host
-                && !parts.headers.contains_key(header::HOST)
+                && !req.headers().contains_key(header::HOST)
             {
-                parts.headers.insert(header::HOST, h.clone());
+                req.headers_mut().insert(header::HOST, h.clone());
             }
             Uri::from(path)
         }
         UpstreamProtocol::Http2 => {
-            parts.version = HttpVersion::HTTP_2;
-            parts.headers.remove(header::HOST);
+            *req.version_mut() = HttpVersion::HTTP_2;
+            req.headers_mut().remove(header::HOST);
             let authority = host
                 .as_ref()
                 .and_then(|h| Authority::try_from(h.as_bytes()).ok())
@@ -394,7 +390,7 @@ fn upstream_request(
             Uri::from_parts(uri).unwrap_or_default()
         }
     };
-    Request::from_parts(parts, body)
+    *req.uri_mut() = uri;
 }
 
 /// Copies bytes both ways between the two sides of an upgraded connection until either side

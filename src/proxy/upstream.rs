@@ -62,9 +62,7 @@ impl Upstreams {
         req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         match protocol {
-            UpstreamProtocol::Http1 => H1Pool::send(&self.http1, endpoint, req)
-                .await
-                .map(|r| r.map(Either::Left)),
+            UpstreamProtocol::Http1 => H1Pool::send(&self.http1, endpoint, req).await,
             // Boxed: the HTTP/1.1 request's future, moved on every request, stays small.
             UpstreamProtocol::Http2 => Box::pin(self.http2.send(endpoint, req))
                 .await

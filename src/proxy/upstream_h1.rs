@@ -14,12 +14,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
-use super::body::{BodyError, RequestBody};
+use super::body::{BodyError, RequestBody, ResponseBody};
 use super::h1::{ChunkedDecoder, Decoded, Framing, ResponseHead, write_chunk_header};
 use super::spares::{self, READ_SIZE};
 use super::upstream::{PoolSettings, UpstreamError, cause};
@@ -138,7 +138,7 @@ impl H1Pool {
         this: &Arc<H1Pool>,
         endpoint: SocketAddr,
         req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         let (mut parts, mut body) = req.into_parts();
         // Connecting is boxed: the rare path keeps the common future small.
         let (mut conn, mut reused) = match this.take(endpoint) {
@@ -243,15 +243,19 @@ async fn exchange(
     );
     let (mut rd, mut wr) = conn.stream.split();
     let body_started = AtomicBool::new(false);
-    let write = async {
+    // Pinned where they are made: a move would copy them.
+    let mut write = std::pin::pin!(async {
         wr.write_all(head).await?;
         if !body.is_end_stream() {
             send_body(&mut wr, body, chunked, &body_started).await?;
         }
         Ok::<_, std::io::Error>(())
-    };
-    let read = read_head(&mut rd, &mut conn.buf, method.as_str().as_bytes());
-    tokio::pin!(write, read);
+    });
+    let mut read = std::pin::pin!(read_head(
+        &mut rd,
+        &mut conn.buf,
+        method.as_str().as_bytes()
+    ));
     let mut sent = false;
     let result = loop {
         tokio::select! {
@@ -355,33 +359,37 @@ fn respond(
     endpoint: SocketAddr,
     mut conn: Conn,
     (mut head, request_sent): (ResponseHead, bool),
-) -> Response<UpstreamBody> {
+) -> Response<ResponseBody> {
     let bytes = conn.buf.split_to(head.len).freeze();
     let fields = UpstreamFields::new(
         bytes,
         std::mem::take(&mut head.fields),
         head.drop_content_length,
     );
-    let mut resp = Response::new(UpstreamBody::empty(fields));
-    *resp.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    *resp.version_mut() = Version::HTTP_11;
+    let mut body = UpstreamBody::empty(fields);
     // An upgrade's connection is never pooled; the tunnel is not run on this client.
     let reusable = head.keep_alive && request_sent && head.status != 101;
     let remaining = match head.framing() {
-        Framing::Empty => {
-            if reusable && conn.buf.is_empty() {
-                pool.put(endpoint, conn);
-            }
-            return resp;
-        }
-        Framing::Length(n) => Remaining::Length(n),
-        Framing::Chunked => Remaining::Chunked(Box::new(ChunkedDecoder::new(4096, MAX_HEAD))),
-        Framing::UntilClose => Remaining::UntilClose,
+        Framing::Empty => None,
+        Framing::Length(n) => Some(Remaining::Length(n)),
+        Framing::Chunked => Some(Remaining::Chunked(Box::new(ChunkedDecoder::new(
+            4096, MAX_HEAD,
+        )))),
+        Framing::UntilClose => Some(Remaining::UntilClose),
     };
-    let body = resp.body_mut();
-    body.conn = Some(conn);
-    body.remaining = remaining;
-    body.back_to = reusable.then(|| (pool.clone(), endpoint));
+    match remaining {
+        None if reusable && conn.buf.is_empty() => pool.put(endpoint, conn),
+        None => {}
+        Some(remaining) => {
+            body.remaining = remaining;
+            body.conn = Some(conn);
+            body.back_to = reusable.then(|| (pool.clone(), endpoint));
+        }
+    }
+    // Made once, as the client side takes it: a response is a few hundred bytes to move.
+    let mut resp = Response::new(Either::Left(body));
+    *resp.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    *resp.version_mut() = Version::HTTP_11;
     resp
 }
 
