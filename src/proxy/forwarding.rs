@@ -50,6 +50,7 @@ impl TrustedProxies {
 }
 
 /// The other end of a client connection, made once per connection.
+#[derive(Clone)]
 pub struct Peer {
     ip: IpAddr,
     ip_value: HeaderValue,

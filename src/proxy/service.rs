@@ -37,6 +37,7 @@ pub struct Worker {
 }
 
 /// What one client connection knows about itself.
+#[derive(Clone)]
 pub struct ConnInfo {
     pub peer: Peer,
     pub tls: bool,
