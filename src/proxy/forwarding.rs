@@ -13,6 +13,7 @@
 //! - `Forwarded` (RFC 7239): kept from a trusted proxy, removed from anyone else; tidegate adds
 //!   none of its own (`X-Forwarded-*` says the same).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -69,38 +70,145 @@ impl Peer {
     }
 }
 
+/// The forwarding fields a request goes on with (see the module doc): the values tidegate
+/// sets, the client's own fields they replace already taken out of the map. tidegate's own
+/// HTTP/1.1 upstream path writes them after the map's fields; hyper's paths get them in the
+/// map (`insert_into`). Most requests carry none of these fields, and then this costs no
+/// map operation at all.
+pub struct Forwarding<'a> {
+    forwarded_for: Cow<'a, HeaderValue>,
+    real_ip: Cow<'a, HeaderValue>,
+    /// None: a trusted proxy's value stays.
+    proto: Option<HeaderValue>,
+    /// None: a trusted proxy's value stays, or there is no host to say.
+    host: Option<HeaderValue>,
+    /// None: the client's id stays.
+    request_id: Option<RequestId>,
+}
+
+// Which forwarding fields a request came with.
+const FOR_BIT: u8 = 1;
+const REAL_IP_BIT: u8 = 2;
+const PROTO_BIT: u8 = 4;
+const HOST_BIT: u8 = 8;
+const FORWARDED_BIT: u8 = 16;
+const REQUEST_ID_BIT: u8 = 32;
+
+/// A (lower-case) field name's bit; 0 for a name that is none of the forwarding fields.
+fn forwarding_bit(name: &str) -> u8 {
+    match name {
+        "x-forwarded-for" => FOR_BIT,
+        "x-real-ip" => REAL_IP_BIT,
+        "x-forwarded-proto" => PROTO_BIT,
+        "x-forwarded-host" => HOST_BIT,
+        "forwarded" => FORWARDED_BIT,
+        "x-request-id" => REQUEST_ID_BIT,
+        _ => 0,
+    }
+}
+
+impl<'a> Forwarding<'a> {
+    /// Works out the fields for a request from `peer` (on a TLS listener when `tls`) for
+    /// `host`, and takes the client's fields they replace, or that may not pass, out of
+    /// `headers`.
+    pub fn new(
+        headers: &mut HeaderMap,
+        peer: &'a Peer,
+        tls: bool,
+        host: Option<&HeaderValue>,
+    ) -> Forwarding<'a> {
+        // One pass over the names; a removal is a hash lookup, made only for what is there.
+        let present = headers
+            .keys()
+            .fold(0u8, |found, k| found | forwarding_bit(k.as_str()));
+        let trusted = peer.trusted.as_deref();
+        let forwarded_for = if present & FOR_BIT != 0 {
+            let joined = joined_forwarded_for(headers, &peer.ip_value);
+            headers.remove(&X_FORWARDED_FOR);
+            Cow::Owned(joined)
+        } else {
+            Cow::Borrowed(&peer.ip_value)
+        };
+        let real_ip = match trusted {
+            Some(trusted) if present & FOR_BIT != 0 => Cow::Owned(ip_value(client_behind(
+                forwarded_for.as_bytes(),
+                peer.ip,
+                trusted,
+            ))),
+            _ => Cow::Borrowed(&peer.ip_value),
+        };
+        let keep = |bit: u8| trusted.is_some() && present & bit != 0;
+        let mut remove = present & (REAL_IP_BIT | PROTO_BIT | HOST_BIT);
+        if trusted.is_some() {
+            remove &= !(PROTO_BIT | HOST_BIT);
+        } else {
+            remove |= present & FORWARDED_BIT;
+        }
+        for (bit, name) in [
+            (REAL_IP_BIT, &X_REAL_IP),
+            (PROTO_BIT, &X_FORWARDED_PROTO),
+            (HOST_BIT, &X_FORWARDED_HOST),
+            (FORWARDED_BIT, &FORWARDED),
+        ] {
+            if remove & bit != 0 {
+                headers.remove(name);
+            }
+        }
+        Forwarding {
+            forwarded_for,
+            real_ip,
+            proto: (!keep(PROTO_BIT))
+                .then(|| HeaderValue::from_static(if tls { "https" } else { "http" })),
+            host: if keep(HOST_BIT) { None } else { host.cloned() },
+            request_id: (present & REQUEST_ID_BIT == 0).then(RequestId::new),
+        }
+    }
+
+    /// The fields as they go to the next hop, in the order they are written.
+    fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, &[u8])> {
+        [
+            (&X_FORWARDED_FOR, Some(self.forwarded_for.as_bytes())),
+            (&X_REAL_IP, Some(self.real_ip.as_bytes())),
+            (
+                &X_FORWARDED_PROTO,
+                self.proto.as_ref().map(|v| v.as_bytes()),
+            ),
+            (&X_FORWARDED_HOST, self.host.as_ref().map(|v| v.as_bytes())),
+            (&X_REQUEST_ID, self.request_id.as_ref().map(|id| &id.0[..])),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+    }
+
+    /// Writes the fields as HTTP/1.1 field lines.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        for (name, value) in self.fields() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Puts the fields in `headers`, for a request hyper sends.
+    pub fn insert_into(self, headers: &mut HeaderMap) {
+        headers.insert(X_FORWARDED_FOR.clone(), self.forwarded_for.into_owned());
+        headers.insert(X_REAL_IP.clone(), self.real_ip.into_owned());
+        if let Some(proto) = self.proto {
+            headers.insert(X_FORWARDED_PROTO.clone(), proto);
+        }
+        if let Some(host) = self.host {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+        if let Some(id) = self.request_id {
+            headers.insert(X_REQUEST_ID.clone(), id.value());
+        }
+    }
+}
+
 /// Sets the forwarding headers (see the module doc) and keeps or generates `x-request-id`.
 pub fn add_forwarding(headers: &mut HeaderMap, peer: &Peer, tls: bool, host: Option<&HeaderValue>) {
-    let forwarded_for = joined_forwarded_for(headers, &peer.ip_value);
-    let real_ip = match &peer.trusted {
-        Some(trusted) => ip_value(client_behind(forwarded_for.as_bytes(), peer.ip, trusted)),
-        None => peer.ip_value.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    headers.insert(X_REAL_IP.clone(), real_ip);
-    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-    if peer.trusted.is_some() {
-        headers.entry(X_FORWARDED_PROTO.clone()).or_insert(proto);
-        if let Some(host) = host {
-            headers
-                .entry(X_FORWARDED_HOST.clone())
-                .or_insert_with(|| host.clone());
-        }
-    } else {
-        headers.insert(X_FORWARDED_PROTO.clone(), proto);
-        match host {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
-        }
-        headers.remove(&FORWARDED);
-    }
-    headers
-        .entry(X_REQUEST_ID.clone())
-        .or_insert_with(new_request_id);
+    Forwarding::new(headers, peer, tls, host).insert_into(headers);
 }
 
 /// Every `X-Forwarded-For` line's values in order, then `peer`, as one value.
@@ -160,30 +268,43 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// 32 random hex digits. Written into a block shared by the next ids of this thread: an id
-/// costs a reference count, not an allocation of its own.
-pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    const LEN: usize = 32;
-    thread_local! {
-        static IDS: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
-    }
-    let mut digits = [0u8; LEN];
-    for (pair, byte) in digits
-        .chunks_exact_mut(2)
-        .zip(fastrand::u128(..).to_le_bytes())
-    {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
-    }
-    let id = IDS.with_borrow_mut(|block| {
-        if block.capacity() < LEN {
-            *block = BytesMut::with_capacity(LEN * 128);
+/// A request id: 32 random hex digits.
+struct RequestId([u8; 32]);
+
+impl RequestId {
+    fn new() -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [0u8; 32];
+        for (pair, byte) in digits
+            .chunks_exact_mut(2)
+            .zip(fastrand::u128(..).to_le_bytes())
+        {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
         }
-        block.extend_from_slice(&digits);
-        block.split().freeze()
-    });
-    HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+        RequestId(digits)
+    }
+
+    /// As a field value. Written into a block shared by the next ids of this thread: an id
+    /// costs a reference count, not an allocation of its own.
+    fn value(&self) -> HeaderValue {
+        thread_local! {
+            static IDS: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+        }
+        let id = IDS.with_borrow_mut(|block| {
+            if block.capacity() < self.0.len() {
+                *block = BytesMut::with_capacity(self.0.len() * 128);
+            }
+            block.extend_from_slice(&self.0);
+            block.split().freeze()
+        });
+        HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
+/// A new request id as a field value.
+pub fn new_request_id() -> HeaderValue {
+    RequestId::new().value()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use super::ProxyBody;
 use super::body::{RequestBody, ResponseBody, TrackedBody};
 use super::drain::DrainTracker;
 use super::error::ProxyError;
-use super::forwarding::{self, Peer};
+use super::forwarding::{Forwarding, Peer};
 use super::headers;
 use super::idle::{BusyGuard, IdleState};
 use super::upstream::{UpstreamError, Upstreams};
@@ -133,9 +133,17 @@ impl Worker {
         } else {
             target.protocol
         };
-        upstream_request(conn, &mut req, upgrade, protocol, &target.endpoint);
+        let forwarding = upstream_request(conn, &mut req, upgrade, protocol, &target.endpoint);
         let (mut resp, endpoint) = self
-            .send(&target, req, upgrade, protocol, start, timer)
+            .send(
+                &target,
+                req,
+                forwarding.as_ref(),
+                upgrade,
+                protocol,
+                start,
+                timer,
+            )
             .await
             .map_err(fail)?;
 
@@ -183,10 +191,12 @@ impl Worker {
     /// request that never left (connect failed) and may be retried goes once to another
     /// endpoint of the version. The response, and the endpoint that gave it. The timeout
     /// runs on `timer` when the connection lends one.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         target: &Target,
         mut up_req: Request<RequestBody>,
+        forwarding: Option<&Forwarding<'_>>,
         upgrade: bool,
         protocol: UpstreamProtocol,
         start: Instant,
@@ -211,7 +221,7 @@ impl Worker {
                 if upgrade {
                     Box::pin(upstreams.send_upgrade(addr, up_req)).await
                 } else {
-                    upstreams.send(protocol, addr, up_req).await
+                    upstreams.send(protocol, addr, up_req, forwarding).await
                 }
             });
             let sent = match timer.as_mut() {
@@ -346,13 +356,15 @@ impl Worker {
 /// and keeps the client's Host header; HTTP/2 carries the client's host as :authority.
 /// Either way the connection is picked by endpoint.
 /// Changed in place: a request is a few hundred bytes, and every move copies them.
-fn upstream_request(
-    conn: &ConnInfo,
+/// The forwarding fields are in the map when hyper sends the request; tidegate's own
+/// HTTP/1.1 upstream path writes them after the map's fields (returned).
+fn upstream_request<'a>(
+    conn: &'a ConnInfo,
     req: &mut Request<RequestBody>,
     upgrade: bool,
     protocol: UpstreamProtocol,
     endpoint: &Endpoint,
-) {
+) -> Option<Forwarding<'a>> {
     let host = req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
             .authority()
@@ -361,7 +373,13 @@ fn upstream_request(
     let headers = req.headers_mut();
     headers::strip_hop_by_hop(headers, upgrade);
     headers.remove(header::EXPECT);
-    forwarding::add_forwarding(headers, &conn.peer, conn.tls, host.as_ref());
+    let fields = Forwarding::new(headers, &conn.peer, conn.tls, host.as_ref());
+    let forwarding = if upgrade || protocol == UpstreamProtocol::Http2 {
+        fields.insert_into(headers);
+        None
+    } else {
+        Some(fields)
+    };
     // Taken, not cloned: a clone of a freshly parsed URI allocates.
     let path = std::mem::take(req.uri_mut())
         .into_parts()
@@ -392,10 +410,9 @@ fn upstream_request(
         }
     };
     *req.uri_mut() = uri;
+    forwarding
 }
 
-/// Copies bytes both ways between the two sides of an upgraded connection until either side
-/// closes, or `removed` fires (the version was removed after its drain timeout).
 /// `fut`'s output, or None once `deadline` has passed, waited for on a timer that may be
 /// due earlier (it is then moved on, which costs no registration when it is later).
 async fn within<F: Future>(
@@ -421,6 +438,8 @@ async fn within<F: Future>(
     .await
 }
 
+/// Copies bytes both ways between the two sides of an upgraded connection until either side
+/// closes, or `removed` fires (the version was removed after its drain timeout).
 pub(super) async fn relay_tunnel<C, U>(
     client: &mut C,
     upstream: &mut U,

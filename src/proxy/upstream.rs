@@ -13,6 +13,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::body::ResponseBody;
+use super::forwarding::Forwarding;
 use super::upstream_h1::{self, H1Pool};
 use crate::proxy_config::UpstreamProtocol;
 
@@ -60,9 +61,10 @@ impl Upstreams {
         protocol: UpstreamProtocol,
         endpoint: SocketAddr,
         req: Request<UpstreamBody>,
+        forwarding: Option<&Forwarding<'_>>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         match protocol {
-            UpstreamProtocol::Http1 => H1Pool::send(&self.http1, endpoint, req).await,
+            UpstreamProtocol::Http1 => H1Pool::send(&self.http1, endpoint, req, forwarding).await,
             // Boxed: the HTTP/1.1 request's future, moved on every request, stays small.
             UpstreamProtocol::Http2 => Box::pin(self.http2.send(endpoint, req))
                 .await

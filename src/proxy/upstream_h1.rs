@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::body::{BodyError, RequestBody, ResponseBody};
+use super::forwarding::Forwarding;
 use super::h1::{ChunkedDecoder, Decoded, Framing, ResponseHead, write_chunk_header};
 use super::spares::{self, READ_SIZE};
 use super::upstream::{PoolSettings, UpstreamError, cause};
@@ -138,6 +139,7 @@ impl H1Pool {
         this: &Arc<H1Pool>,
         endpoint: SocketAddr,
         req: Request<RequestBody>,
+        forwarding: Option<&Forwarding<'_>>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let (mut parts, mut body) = req.into_parts();
         // Connecting is boxed: the rare path keeps the common future small.
@@ -147,7 +149,7 @@ impl H1Pool {
         };
         let mut head = std::mem::take(&mut conn.head);
         head.clear();
-        let chunked = encode_head(&parts, &body, &mut head);
+        let chunked = encode_head(&parts, forwarding, &body, &mut head);
         spares::give_back_header_map(std::mem::take(&mut parts.headers));
         loop {
             match exchange(&mut conn, &head, &mut body, chunked, &parts.method).await {
@@ -201,14 +203,23 @@ pub(super) async fn connect(
     Ok(stream)
 }
 
-/// Writes the request line and fields; true when the body goes chunked.
-fn encode_head(parts: &http::request::Parts, body: &RequestBody, out: &mut Vec<u8>) -> bool {
+/// Writes the request line and fields, the forwarding fields after the map's; true when the
+/// body goes chunked.
+fn encode_head(
+    parts: &http::request::Parts,
+    forwarding: Option<&Forwarding<'_>>,
+    body: &RequestBody,
+    out: &mut Vec<u8>,
+) -> bool {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     super::http1::write_fields(&parts.headers, out);
+    if let Some(forwarding) = forwarding {
+        forwarding.write(out);
+    }
     let mut chunked = false;
     if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
         match body.size_hint().exact() {
