@@ -176,7 +176,7 @@ pub(super) fn serve(
                 }
             };
             first = false;
-            match spares::boxed(after_head(client, parsed)).await {
+            match spares::boxed(|| after_head(client, parsed)).await {
                 Some(next) => client = next,
                 None => return,
             }

@@ -54,21 +54,21 @@ thread_local! {
 
 type FutureBox<F> = Pin<Box<Option<F>>>;
 
-/// `future` in a box from the worker's spares, given back when the future is done or dropped.
-pub fn boxed<F: Future + 'static>(future: F) -> SpareBoxed<F> {
+/// The future `make` makes, in a box from the worker's spares, given back when the future is
+/// done or dropped. Made in the box: a future passed by value would be copied in whole,
+/// some kilobytes, where making it in place writes only its arguments.
+pub fn boxed<F: Future + 'static>(make: impl FnOnce() -> F) -> SpareBoxed<F> {
     let spare = FUTURE_BOXES.with(|s| {
         s.borrow_mut()
             .as_mut()?
             .downcast_mut::<Vec<FutureBox<F>>>()?
             .pop()
     });
-    let slot = match spare {
-        Some(mut slot) => {
-            slot.as_mut().set(Some(future));
-            slot
-        }
-        None => Box::pin(Some(future)),
-    };
+    let mut slot = spare.unwrap_or_else(|| Box::pin(None));
+    // Emptied first (a spare is empty already), so that storing the future drops nothing:
+    // the compiler then makes it in the box instead of aside, to be copied in.
+    slot.as_mut().set(None);
+    slot.as_mut().set(Some(make()));
     SpareBoxed(Some(slot))
 }
 
@@ -234,7 +234,7 @@ mod tests {
     #[tokio::test]
     async fn a_future_box_is_used_again_once_its_future_is_done_or_dropped() {
         let owned = std::sync::Arc::new(());
-        let first = boxed(answer(1, Some(owned.clone()), false));
+        let first = boxed(|| answer(1, Some(owned.clone()), false));
         let place = address(&first);
         assert_eq!(first.await, 1);
         assert_eq!(
@@ -243,15 +243,15 @@ mod tests {
             "what a finished future held is let go with it, not when its box is next used"
         );
 
-        let second = boxed(answer(2, None, false));
+        let second = boxed(|| answer(2, None, false));
         assert_eq!(address(&second), place, "the box is used again");
         assert_eq!(second.await, 2);
 
-        let abandoned = boxed(answer(3, Some(owned.clone()), true));
+        let abandoned = boxed(|| answer(3, Some(owned.clone()), true));
         assert_eq!(address(&abandoned), place);
         drop(abandoned);
         assert_eq!(std::sync::Arc::strong_count(&owned), 1);
-        let fourth = boxed(answer(4, None, false));
+        let fourth = boxed(|| answer(4, None, false));
         assert_eq!(
             address(&fourth),
             place,
