@@ -123,9 +123,7 @@ impl<'a> Forwarding<'a> {
             .fold(0u8, |found, k| found | forwarding_bit(k.as_str()));
         let trusted = peer.trusted.as_deref();
         let forwarded_for = if present & FOR_BIT != 0 {
-            let joined = joined_forwarded_for(headers, &peer.ip_value);
-            headers.remove(&X_FORWARDED_FOR);
-            Cow::Owned(joined)
+            Cow::Owned(joined_forwarded_for(headers, &peer.ip_value))
         } else {
             Cow::Borrowed(&peer.ip_value)
         };
@@ -137,29 +135,34 @@ impl<'a> Forwarding<'a> {
             ))),
             _ => Cow::Borrowed(&peer.ip_value),
         };
-        let keep = |bit: u8| trusted.is_some() && present & bit != 0;
-        let mut remove = present & (REAL_IP_BIT | PROTO_BIT | HOST_BIT);
-        if trusted.is_some() {
-            remove &= !(PROTO_BIT | HOST_BIT);
-        } else {
-            remove |= present & FORWARDED_BIT;
-        }
+        // A trusted proxy's scheme, host and `Forwarded` stay; every other client field of
+        // these goes, replaced by tidegate's.
+        let kept = present
+            & match trusted {
+                Some(_) => PROTO_BIT | HOST_BIT | FORWARDED_BIT,
+                None => 0,
+            };
         for (bit, name) in [
+            (FOR_BIT, &X_FORWARDED_FOR),
             (REAL_IP_BIT, &X_REAL_IP),
             (PROTO_BIT, &X_FORWARDED_PROTO),
             (HOST_BIT, &X_FORWARDED_HOST),
             (FORWARDED_BIT, &FORWARDED),
         ] {
-            if remove & bit != 0 {
+            if present & !kept & bit != 0 {
                 headers.remove(name);
             }
         }
         Forwarding {
             forwarded_for,
             real_ip,
-            proto: (!keep(PROTO_BIT))
+            proto: (kept & PROTO_BIT == 0)
                 .then(|| HeaderValue::from_static(if tls { "https" } else { "http" })),
-            host: if keep(HOST_BIT) { None } else { host.cloned() },
+            host: if kept & HOST_BIT != 0 {
+                None
+            } else {
+                host.cloned()
+            },
             request_id: (present & REQUEST_ID_BIT == 0).then(RequestId::new),
         }
     }
