@@ -186,10 +186,7 @@ impl<'a> Forwarding<'a> {
     /// Writes the fields as HTTP/1.1 field lines.
     pub fn write(&self, out: &mut Vec<u8>) {
         for (name, value) in self.fields() {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
+            super::h1::write_field(name.as_str().as_bytes(), value, out);
         }
     }
 

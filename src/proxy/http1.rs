@@ -23,7 +23,9 @@ use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
 use super::body::{BodyError, BodyFrames, RequestBody};
-use super::h1::{ChunkedDecoder, Decoded, Framing, HeadError, RequestHead, write_chunk_header};
+use super::h1::{
+    ChunkedDecoder, Decoded, Framing, HeadError, RequestHead, write_chunk_header, write_field,
+};
 use super::service::{ConnInfo, ServedBy, Tunnel, relay_tunnel};
 use super::spares::{self, READ_SIZE};
 use super::upstream_fields::UpstreamFields;
@@ -633,10 +635,7 @@ async fn write_response_with(
 /// Header or trailer fields, one `name: value` line each.
 pub(super) fn write_fields(fields: &HeaderMap, out: &mut Vec<u8>) {
     for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(name.as_str().as_bytes(), value.as_bytes(), out);
     }
 }
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
-use super::h1::{Field, MAX_FIELDS};
+use super::h1::{Field, MAX_FIELDS, write_field};
 use super::headers::{connection_options, is_hop_by_hop};
 use super::spares;
 
@@ -71,10 +71,7 @@ impl UpstreamFields {
     /// Writes the passed fields, one `name: value` line each.
     pub fn write(&self, out: &mut Vec<u8>) {
         for (name, value) in self.passed() {
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
+            write_field(name, value, out);
         }
     }
 

@@ -1,4 +1,5 @@
-//! Where a parsed head's parts sit in its buffer, and the list-valued fields' token rules.
+//! Where a parsed head's parts sit in its buffer, the list-valued fields' token rules, and
+//! how a field line is written.
 
 /// A byte range of the buffer a head was parsed from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -80,4 +81,12 @@ pub(super) fn content_length(value: &[u8]) -> Option<u64> {
         }
     }
     any.then_some(found).flatten()
+}
+
+/// Writes one `name: value` field line.
+pub fn write_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
