@@ -330,7 +330,8 @@ enum Woke {
 fn request(head: &RequestHead, bytes: &Bytes) -> Option<Request<RequestBody>> {
     let method = Method::from_bytes(head.method.of(bytes)).ok()?;
     let uri = Uri::from_maybe_shared(slice(bytes, head.target)).ok()?;
-    // Room for the forwarding fields the worker adds: the map never grows on the way.
+    // Room for the forwarding fields, which go into the map when the request leaves by
+    // HTTP/2 or as an upgrade: the map never grows on the way.
     let mut headers = spares::header_map(head.fields.len() + 6);
     for f in &head.fields {
         let name = HeaderName::from_bytes(f.name.of(bytes)).ok()?;
