@@ -14,10 +14,11 @@
 //!   none of its own (`X-Forwarded-*` says the same).
 
 use std::borrow::Cow;
+use std::io::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
@@ -50,23 +51,40 @@ impl TrustedProxies {
     }
 }
 
-/// The other end of a client connection, made once per connection.
+/// The other end of a client connection, made once per connection. Its address is kept as
+/// the text the fields carry, in place: part of what every idle connection holds.
 #[derive(Clone)]
 pub struct Peer {
-    ip: IpAddr,
-    ip_value: HeaderValue,
+    ip_text: [u8; IP_TEXT_MAX],
+    ip_len: u8,
     /// Set when the peer is a trusted proxy: the list its forwarding headers are walked with.
     trusted: Option<Arc<TrustedProxies>>,
 }
 
+/// The longest address text: eight groups of four hex digits and seven colons.
+const IP_TEXT_MAX: usize = 39;
+
 impl Peer {
     pub fn new(ip: IpAddr, trusted: &Arc<TrustedProxies>) -> Peer {
         let ip = plain_ip(ip);
+        let mut ip_text = [0u8; IP_TEXT_MAX];
+        let mut out = &mut ip_text[..];
+        // Cannot fail: every plain address fits (an IPv4-mapped one is written as IPv4).
+        let _ = write!(out, "{ip}");
+        let ip_len = (IP_TEXT_MAX - out.len()) as u8;
         Peer {
-            ip,
-            ip_value: ip_value(ip),
+            ip_text,
+            ip_len,
             trusted: trusted.contains(ip).then(|| trusted.clone()),
         }
+    }
+
+    fn ip_text(&self) -> &[u8] {
+        &self.ip_text[..usize::from(self.ip_len)]
+    }
+
+    fn ip(&self) -> IpAddr {
+        parse_entry(self.ip_text()).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
     }
 }
 
@@ -76,8 +94,8 @@ impl Peer {
 /// map (`insert_into`). Most requests carry none of these fields, and then this costs no
 /// map operation at all.
 pub struct Forwarding<'a> {
-    forwarded_for: Cow<'a, HeaderValue>,
-    real_ip: Cow<'a, HeaderValue>,
+    forwarded_for: Cow<'a, [u8]>,
+    real_ip: Cow<'a, [u8]>,
     /// None: a trusted proxy's value stays.
     proto: Option<HeaderValue>,
     /// None: a trusted proxy's value stays, or there is no host to say.
@@ -123,17 +141,17 @@ impl<'a> Forwarding<'a> {
             .fold(0u8, |found, k| found | forwarding_bit(k.as_str()));
         let trusted = peer.trusted.as_deref();
         let forwarded_for = if present & FOR_BIT != 0 {
-            Cow::Owned(joined_forwarded_for(headers, &peer.ip_value))
+            joined_forwarded_for(headers, peer.ip_text())
         } else {
-            Cow::Borrowed(&peer.ip_value)
+            Cow::Borrowed(peer.ip_text())
         };
         let real_ip = match trusted {
-            Some(trusted) if present & FOR_BIT != 0 => Cow::Owned(ip_value(client_behind(
-                forwarded_for.as_bytes(),
-                peer.ip,
-                trusted,
-            ))),
-            _ => Cow::Borrowed(&peer.ip_value),
+            Some(trusted) if present & FOR_BIT != 0 => Cow::Owned(
+                client_behind(&forwarded_for, peer.ip(), trusted)
+                    .to_string()
+                    .into_bytes(),
+            ),
+            _ => Cow::Borrowed(peer.ip_text()),
         };
         // A trusted proxy's scheme, host and `Forwarded` stay; every other client field of
         // these goes, replaced by tidegate's.
@@ -170,8 +188,8 @@ impl<'a> Forwarding<'a> {
     /// The fields as they go to the next hop, in the order they are written.
     fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, &[u8])> {
         [
-            (&X_FORWARDED_FOR, Some(self.forwarded_for.as_bytes())),
-            (&X_REAL_IP, Some(self.real_ip.as_bytes())),
+            (&X_FORWARDED_FOR, Some(&self.forwarded_for[..])),
+            (&X_REAL_IP, Some(&self.real_ip[..])),
             (
                 &X_FORWARDED_PROTO,
                 self.proto.as_ref().map(|v| v.as_bytes()),
@@ -192,8 +210,15 @@ impl<'a> Forwarding<'a> {
 
     /// Puts the fields in `headers`, for a request hyper sends.
     pub fn insert_into(self, headers: &mut HeaderMap) {
-        headers.insert(X_FORWARDED_FOR.clone(), self.forwarded_for.into_owned());
-        headers.insert(X_REAL_IP.clone(), self.real_ip.into_owned());
+        for (name, value) in [
+            (&X_FORWARDED_FOR, self.forwarded_for),
+            (&X_REAL_IP, self.real_ip),
+        ] {
+            // Addresses, and client values that were valid field values: always valid.
+            if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value.into_owned())) {
+                headers.insert(name.clone(), value);
+            }
+        }
         if let Some(proto) = self.proto {
             headers.insert(X_FORWARDED_PROTO.clone(), proto);
         }
@@ -212,23 +237,22 @@ pub fn add_forwarding(headers: &mut HeaderMap, peer: &Peer, tls: bool, host: Opt
 }
 
 /// Every `X-Forwarded-For` line's values in order, then `peer`, as one value.
-fn joined_forwarded_for(headers: &HeaderMap, peer: &HeaderValue) -> HeaderValue {
+fn joined_forwarded_for<'a>(headers: &HeaderMap, peer: &'a [u8]) -> Cow<'a, [u8]> {
     let mut lines = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter(|v| !v.as_bytes().trim_ascii().is_empty())
         .peekable();
     if lines.peek().is_none() {
-        return peer.clone();
+        return Cow::Borrowed(peer);
     }
     let mut joined = Vec::with_capacity(64);
     for line in lines {
         joined.extend_from_slice(line.as_bytes().trim_ascii());
         joined.extend_from_slice(b", ");
     }
-    joined.extend_from_slice(peer.as_bytes());
-    // Incoming values are valid header bytes, and so are the separators.
-    HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.clone())
+    joined.extend_from_slice(peer);
+    Cow::Owned(joined)
 }
 
 /// Walks `X-Forwarded-For` from the right while the hop that vouches for the next address is
@@ -262,10 +286,6 @@ fn plain_ip(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
-}
-
-fn ip_value(ip: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// A request id: 32 random hex digits.
@@ -437,6 +457,18 @@ mod tests {
         add_forwarding(&mut h, &peer, false, None);
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_ne!(new_request_id(), new_request_id());
+
+        // The longest address text there is goes on whole.
+        let long = "1234:5678:9abc:def0:1234:5678:9abc:def0";
+        let mut h = HeaderMap::new();
+        add_forwarding(
+            &mut h,
+            &Peer::new(long.parse().unwrap(), &list),
+            false,
+            None,
+        );
+        assert_eq!(h["x-forwarded-for"], long);
+        assert_eq!(h["x-real-ip"], long);
     }
 
     #[test]

@@ -84,97 +84,52 @@ pub(super) fn serve(
     async move {
         let mut first = true;
         loop {
-            let Client {
-                stream,
-                ctx,
-                buf,
-                held,
-            } = &mut client;
-            let mut timer = held.as_mut().project().timer;
             // The next head must arrive within the header timeout of the connection being
             // ready or of the previous response being sent.
             // Kept in milliseconds: 8 bytes of every idle connection's task, not 16.
-            let deadline_ms = clock::now_ms() + clock::millis(ctx.header_timeout);
+            let deadline_ms = clock::now_ms() + clock::millis(client.ctx.header_timeout);
             // The request's response timeout may have moved the timer past it.
-            if clock::ms_at(timer.deadline().into_std()) > deadline_ms {
-                timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + ctx.header_timeout);
-            }
+            client.timer_by(deadline_ms);
+            // Only `client` is kept across the waits below, no borrow of its parts: the task
+            // of an idle connection stays small.
             let parsed = loop {
-                if first && buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
-                    // Maybe HTTP/2 with prior knowledge: wait for the whole preface.
-                } else if first && buf.starts_with(H2_PREFACE) {
+                // Not matched around the await below, which would keep the `Look` there.
+                let http2 = match client.look(first) {
+                    Look::Head(parsed) => break parsed,
+                    Look::Http2 => true,
+                    Look::More => false,
+                };
+                if http2 {
                     let io = TokioIo::new(Prefixed {
-                        prefix: std::mem::take(buf).freeze(),
+                        prefix: std::mem::take(&mut client.buf).freeze(),
                         inner: client.stream,
                     });
                     let info = client.held.info.clone();
                     return Box::pin(super::serve_http(io, info, &client.ctx)).await;
-                } else {
-                    // Made afresh for each look: a head is never kept across a wait.
-                    let mut head = RequestHead {
-                        fields: spares::field_list(),
-                        ..RequestHead::default()
-                    };
-                    let parsed = head.parse(buf, ctx.worker.max_header_bytes + 4096);
-                    match parsed {
-                        Ok(true) => break Ok(head),
-                        Ok(false) => spares::give_back_field_list(head.fields),
-                        Err(e) => {
-                            spares::give_back_field_list(head.fields);
-                            break Err(e);
-                        }
-                    }
                 }
-                if buf.is_empty() {
+                let idle = client.buf.is_empty();
+                if idle {
                     // Idle: hold no buffer while waiting.
-                    spares::give_back_read_buffer(std::mem::take(buf));
+                    spares::give_back_read_buffer(std::mem::take(&mut client.buf));
                 }
-                // Polled by hand: the connection's task stays small while it waits.
-                let idle = buf.is_empty();
-                let mut stop = std::pin::pin!(ctx.stop.notified());
-                let woke = std::future::poll_fn(|cx| {
-                    if let Poll::Ready(r) = stream.poll_read_ready(cx) {
-                        Poll::Ready(Woke::Readable(r.is_ok()))
-                    } else if timer.as_mut().poll(cx).is_ready() {
-                        Poll::Ready(Woke::Timer)
-                    } else if idle && (stop.as_mut().poll(cx).is_ready() || ctx.stopping()) {
-                        Poll::Ready(Woke::Stopped)
-                    } else {
-                        Poll::Pending
-                    }
-                })
-                .await;
-                match woke {
+                match client.wait(idle).await {
                     Woke::Readable(true) => {}
                     Woke::Readable(false) | Woke::Stopped => return,
+                    Woke::Timer if client.timer_by(deadline_ms) => continue,
                     Woke::Timer => {
-                        let left = deadline_ms.saturating_sub(clock::now_ms());
-                        if left > 0 {
-                            timer
-                                .as_mut()
-                                .reset(tokio::time::Instant::now() + Duration::from_millis(left));
-                            continue;
-                        }
                         // An idle keep-alive connection closing is no error; a slow head is.
                         if first || !idle {
-                            ctx.worker.metrics.count_error(ErrorKind::HeaderTimeout);
+                            client
+                                .ctx
+                                .worker
+                                .metrics
+                                .count_error(ErrorKind::HeaderTimeout);
                         }
                         return;
                     }
                 }
-                if buf.capacity() == 0 {
-                    *buf = spares::read_buffer();
-                } else {
-                    buf.reserve(READ_SIZE);
-                }
-                // Readable: the read is done at once (a false alarm waits again). A short
-                // read tells tokio the socket is drained, which saves a syscall on the next
-                // wait.
-                match stream.read_buf(buf).now_or_never() {
-                    Some(Ok(0)) | Some(Err(_)) => return,
-                    Some(Ok(_)) | None => {}
+                if !client.read_now() {
+                    return;
                 }
             };
             first = false;
@@ -183,6 +138,93 @@ pub(super) fn serve(
                 None => return,
             }
         }
+    }
+}
+
+/// What the bytes read so far hold.
+enum Look {
+    Head(Result<RequestHead, HeadError>),
+    /// The HTTP/2 preface, on the connection's first bytes.
+    Http2,
+    /// Not yet a whole head.
+    More,
+}
+
+impl Client {
+    fn look(&mut self, first: bool) -> Look {
+        let buf = &self.buf;
+        if first && buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
+            // Maybe HTTP/2 with prior knowledge: wait for the whole preface.
+            return Look::More;
+        }
+        if first && buf.starts_with(H2_PREFACE) {
+            return Look::Http2;
+        }
+        // Made afresh for each look: a head is never kept across a wait.
+        let mut head = RequestHead {
+            fields: spares::field_list(),
+            ..RequestHead::default()
+        };
+        match head.parse(buf, self.ctx.worker.max_header_bytes + 4096) {
+            Ok(true) => Look::Head(Ok(head)),
+            Ok(false) => {
+                spares::give_back_field_list(head.fields);
+                Look::More
+            }
+            Err(e) => {
+                spares::give_back_field_list(head.fields);
+                Look::Head(Err(e))
+            }
+        }
+    }
+
+    /// Brings the timer to `deadline_ms` if it is set later; true if it was moved (it had
+    /// fired, or would fire, early).
+    fn timer_by(&mut self, deadline_ms: u64) -> bool {
+        let mut timer = self.held.as_mut().project().timer;
+        let at = clock::ms_at(timer.deadline().into_std());
+        if at == deadline_ms || (at < deadline_ms && !timer.is_elapsed()) {
+            return false;
+        }
+        let left = deadline_ms.saturating_sub(clock::now_ms());
+        if left == 0 {
+            return false;
+        }
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + Duration::from_millis(left));
+        true
+    }
+
+    /// Waits for the socket to be readable, the timer to fire, or, for an idle connection,
+    /// the worker to stop. Polled by hand, borrowing only the connection: small to keep.
+    fn wait(&mut self, idle: bool) -> impl Future<Output = Woke> + '_ {
+        std::future::poll_fn(move |cx| {
+            if let Poll::Ready(r) = self.stream.poll_read_ready(cx) {
+                Poll::Ready(Woke::Readable(r.is_ok()))
+            } else if self.held.as_mut().project().timer.poll(cx).is_ready() {
+                Poll::Ready(Woke::Timer)
+            } else if idle && self.ctx.poll_stop(cx).is_ready() {
+                Poll::Ready(Woke::Stopped)
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Reads what the readable socket has, at once (a false alarm waits again); false when
+    /// the connection closed. A short read tells tokio the socket is drained, which saves a
+    /// syscall on the next wait.
+    fn read_now(&mut self) -> bool {
+        if self.buf.capacity() == 0 {
+            self.buf = spares::read_buffer();
+        } else {
+            self.buf.reserve(READ_SIZE);
+        }
+        !matches!(
+            self.stream.read_buf(&mut self.buf).now_or_never(),
+            Some(Ok(0)) | Some(Err(_))
+        )
     }
 }
 
@@ -310,7 +352,7 @@ async fn one_request(client: &mut Client, head: RequestHead) -> Next {
     // A body the upstream did not wait for: the connection cannot be read further.
     let body_read = body_read || (!pump_over && pumping.now_or_never().unwrap_or(false));
     match outcome {
-        Ok(Sent::Done { keep_alive }) if keep_alive && body_read && !ctx.stopping() => {
+        Ok(Sent::Done { keep_alive }) if keep_alive && body_read && !ctx.stop.is_set() => {
             Next::Another
         }
         Ok(Sent::Done { .. }) => Next::Close,

@@ -17,6 +17,7 @@ mod http1;
 mod idle;
 mod service;
 mod spares;
+mod stop;
 pub mod tls;
 pub mod upstream;
 mod upstream_fields;
@@ -26,7 +27,6 @@ use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 
 pub use drain::DrainTracker;
 use forwarding::Peer;
@@ -44,6 +44,7 @@ pub use forwarding::TrustedProxies;
 use idle::{IdleCheck, IdleState};
 use service::ServedBy;
 pub use service::{ConnInfo, Worker};
+use stop::{StopKey, StopSignal};
 pub use tls::{CertStore, TlsError};
 pub use upstream::PoolSettings;
 use upstream_fields::UpstreamFields;
@@ -220,16 +221,9 @@ struct ConnCtx {
     shutdown: watch::Receiver<bool>,
     /// The TLS handshake, and then the first request head, must each arrive within this.
     header_timeout: Duration,
-    /// Set, and `stop` notified, when the worker begins to stop: idle HTTP/1.1 connections
-    /// close. Smaller to wait on than a clone of `shutdown`, which each of them would hold.
-    stopping: AtomicBool,
-    stop: Notify,
-}
-
-impl ConnCtx {
-    fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
+    /// Set when the worker begins to stop: idle HTTP/1.1 connections close. Smaller to wait
+    /// on than a clone of `shutdown`, which each of them would hold.
+    stop: StopSignal,
 }
 
 impl WorkerCtx {
@@ -272,8 +266,7 @@ impl WorkerCtx {
                 limit: self.limit,
                 shutdown: self.shutdown.clone(),
                 header_timeout: self.settings.header_read_timeout,
-                stopping: AtomicBool::new(false),
-                stop: Notify::new(),
+                stop: StopSignal::default(),
             });
             for (socket, side) in sockets {
                 match tokio::net::TcpListener::from_std(socket) {
@@ -287,10 +280,7 @@ impl WorkerCtx {
             }
             let mut shutdown = self.shutdown;
             let _ = stopped(&mut shutdown).await;
-            // Set before the notification: a connection that starts waiting after it sees
-            // the flag.
-            ctx.stopping.store(true, Ordering::SeqCst);
-            ctx.stop.notify_waiters();
+            ctx.stop.set();
             drop(ctx);
             if tokio::time::timeout(self.settings.drain_timeout, drain.wait_idle())
                 .await
@@ -346,8 +336,9 @@ async fn accept_loop(
 
 /// An open client connection's hold on its worker: a place under the connection limit and
 /// its count for the drain and the metrics, released when the connection's task ends. One
-/// pointer in every connection's task, instead of a guard for each.
-struct ConnSlot(Arc<ConnCtx>);
+/// pointer in every connection's task, instead of a guard for each, and where the worker's
+/// stop signal keeps the connection's waker.
+struct ConnSlot(Arc<ConnCtx>, StopKey);
 
 impl ConnSlot {
     fn open(ctx: &Arc<ConnCtx>, permit: tokio::sync::OwnedSemaphorePermit) -> ConnSlot {
@@ -355,7 +346,12 @@ impl ConnSlot {
         permit.forget();
         ctx.worker.drain.arrive();
         ctx.worker.metrics.connection_opened();
-        ConnSlot(ctx.clone())
+        ConnSlot(ctx.clone(), StopKey::default())
+    }
+
+    /// Ready once the worker begins to stop.
+    fn poll_stop(&mut self, cx: &std::task::Context<'_>) -> Poll<()> {
+        self.0.stop.poll(&mut self.1, cx)
     }
 }
 
@@ -372,6 +368,7 @@ impl Drop for ConnSlot {
         self.0.worker.metrics.connection_closed();
         self.0.limit.add_permits(1);
         self.0.worker.drain.leave();
+        self.0.stop.forget(&mut self.1);
     }
 }
 
