@@ -322,14 +322,13 @@ impl RequestId {
     }
 }
 
-/// A new request id as a field value.
-pub fn new_request_id() -> HeaderValue {
-    RequestId::new().value()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn new_request_id() -> HeaderValue {
+        RequestId::new().value()
+    }
 
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
