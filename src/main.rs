@@ -11,6 +11,11 @@ use tidegate::kube::proxy::ClusterProxy;
 use tidegate::rollout::RolloutStatus;
 use tidegate::runtime::{ProxyProcess, Signals};
 
+mod allocator;
+
+#[global_allocator]
+static ALLOCATOR: allocator::PooledAllocator = allocator::PooledAllocator;
+
 #[derive(Parser)]
 #[command(
     name = "tidegate",
