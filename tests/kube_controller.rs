@@ -277,8 +277,12 @@ async fn a_promotion_through_the_controller_ends_with_the_deployment_paused_on_t
             .then_some(st)
     })
     .await;
-    let w = cluster.get();
-    assert!(w.canary.is_none(), "the canary Deployment is gone");
+    // The status is written before the controller acts on it: the last acts follow.
+    let w = eventually("the canary Deployment removed", async || {
+        let w = cluster.get();
+        (w.canary.is_none() && w.deployment.paused).then_some(w)
+    })
+    .await;
     assert!(w.deployment.paused, "paused again");
     assert_eq!(
         w.deployment.template_hash.as_deref(),

@@ -7,7 +7,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::FutureExt;
@@ -20,7 +19,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
-use tokio::time::Sleep;
 
 use super::body::{BodyError, BodyFrames, RequestBody};
 use super::h1::{
@@ -29,7 +27,7 @@ use super::h1::{
 use super::service::{ConnInfo, ServedBy, Tunnel, relay_tunnel};
 use super::spares::{self, READ_SIZE};
 use super::upstream_fields::UpstreamFields;
-use super::{ConnSlot, ProxyBody};
+use super::{ConnSlot, ProxyBody, Wake};
 use crate::clock;
 use crate::metrics::ErrorKind;
 
@@ -40,46 +38,32 @@ const WRITE_SIZE: usize = 16 * 1024;
 /// A plaintext client connection: what its task keeps between requests, and what each
 /// request's future takes over (by value: a request's state then borrows nothing, and its
 /// box can come from the worker's spares) and gives back. Small, as it moves twice per
-/// request.
+/// request. Its timeouts (header, idle, response) are deadlines kept by the worker's
+/// wake-ups, beside its waker: it holds no timer.
 struct Client {
     stream: TcpStream,
     ctx: ConnSlot,
     buf: BytesMut,
-    held: Pin<Box<Held>>,
-}
-
-pin_project_lite::pin_project! {
-    /// What stays in place for the connection's life, in one allocation of its own.
-    struct Held {
-        info: ConnInfo,
-        // The connection's one timer: the header timeout while a head is awaited, the
-        // response timeout while a request waits for its answer. Moved to the current
-        // deadline only when it fires early, so a request costs no timer registration.
-        #[pin]
-        timer: Sleep,
-    }
+    /// In an allocation of its own: the connection's facts stay in place for its life.
+    info: Box<ConnInfo>,
 }
 
 /// Serves one plaintext client connection until it closes, idles out, or the worker stops.
 ///
 /// Not an `async fn`, whose arguments would be kept twice in the task. The task is what an
 /// idle keep-alive connection costs: it holds the socket, a pointer to the connection's
-/// facts and timer, and little else; each request's state lives in a box only while the
+/// facts, and little else; each request's state lives in a box only while the
 /// request does.
 pub(super) fn serve(
     stream: TcpStream,
     info: ConnInfo,
     ctx: ConnSlot,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let held = Box::pin(Held {
-        info,
-        timer: tokio::time::sleep(ctx.header_timeout),
-    });
     let mut client = Client {
         stream,
         ctx,
         buf: BytesMut::new(),
-        held,
+        info: Box::new(info),
     };
     async move {
         let mut first = true;
@@ -88,8 +72,6 @@ pub(super) fn serve(
             // ready or of the previous response being sent.
             // Kept in milliseconds: 8 bytes of every idle connection's task, not 16.
             let deadline_ms = clock::now_ms() + clock::millis(client.ctx.header_timeout);
-            // The request's response timeout may have moved the timer past it.
-            client.timer_by(deadline_ms);
             // Only `client` is kept across the waits below, no borrow of its parts: the task
             // of an idle connection stays small.
             let parsed = loop {
@@ -104,7 +86,7 @@ pub(super) fn serve(
                         prefix: std::mem::take(&mut client.buf).freeze(),
                         inner: client.stream,
                     });
-                    let info = client.held.info.clone();
+                    let info = (*client.info).clone();
                     return Box::pin(super::serve_http(io, info, &client.ctx)).await;
                 }
                 let idle = client.buf.is_empty();
@@ -112,11 +94,10 @@ pub(super) fn serve(
                     // Idle: hold no buffer while waiting.
                     spares::give_back_read_buffer(std::mem::take(&mut client.buf));
                 }
-                match client.wait(idle).await {
+                match client.wait(idle, deadline_ms).await {
                     Woke::Readable(true) => {}
                     Woke::Readable(false) | Woke::Stopped => return,
-                    Woke::Timer if client.timer_by(deadline_ms) => continue,
-                    Woke::Timer => {
+                    Woke::Expired => {
                         // An idle keep-alive connection closing is no error; a slow head is.
                         if first || !idle {
                             client
@@ -178,37 +159,20 @@ impl Client {
         }
     }
 
-    /// Brings the timer to `deadline_ms` if it is set later; true if it was moved (it had
-    /// fired, or would fire, early).
-    fn timer_by(&mut self, deadline_ms: u64) -> bool {
-        let mut timer = self.held.as_mut().project().timer;
-        let at = clock::ms_at(timer.deadline().into_std());
-        if at == deadline_ms || (at < deadline_ms && !timer.is_elapsed()) {
-            return false;
-        }
-        let left = deadline_ms.saturating_sub(clock::now_ms());
-        if left == 0 {
-            return false;
-        }
-        timer
-            .as_mut()
-            .reset(tokio::time::Instant::now() + Duration::from_millis(left));
-        true
-    }
-
-    /// Waits for the socket to be readable, the timer to fire, or, for an idle connection,
-    /// the worker to stop. Polled by hand, borrowing only the connection: small to keep.
-    fn wait(&mut self, idle: bool) -> impl Future<Output = Woke> + '_ {
+    /// Waits for the socket to be readable, `deadline_ms` to pass, or, for an idle
+    /// connection, the worker to stop. Polled by hand, borrowing only the connection: small
+    /// to keep.
+    fn wait(&mut self, idle: bool, deadline_ms: u64) -> impl Future<Output = Woke> + '_ {
         std::future::poll_fn(move |cx| {
             if let Poll::Ready(r) = self.stream.poll_read_ready(cx) {
-                Poll::Ready(Woke::Readable(r.is_ok()))
-            } else if self.held.as_mut().project().timer.poll(cx).is_ready() {
-                Poll::Ready(Woke::Timer)
-            } else if idle && self.ctx.poll_stop(cx).is_ready() {
-                Poll::Ready(Woke::Stopped)
-            } else {
-                Poll::Pending
+                return Poll::Ready(Woke::Readable(r.is_ok()));
             }
+            self.ctx
+                .poll_wake(deadline_ms, idle, cx)
+                .map(|wake| match wake {
+                    Wake::Stopped => Woke::Stopped,
+                    Wake::Expired => Woke::Expired,
+                })
         })
     }
 
@@ -278,17 +242,16 @@ enum Next {
     Tunnel(Tunnel),
 }
 
-/// One request, from its parsed head to its response's last byte; the connection's timer
+/// One request, from its parsed head to its response's last byte; the connection's deadline
 /// keeps the response timeout meanwhile.
 async fn one_request(client: &mut Client, head: RequestHead) -> Next {
     let Client {
         stream,
-        ctx,
+        ctx: ConnSlot(ctx, wake_key),
         buf,
-        held,
+        info,
     } = client;
-    let held = held.as_mut().project();
-    let (info, mut timer) = (&*held.info, held.timer);
+    let info = &**info;
     let head_bytes = buf.split_to(head.len).freeze();
     let Some(mut req) = request(&head, &head_bytes) else {
         ctx.worker.metrics.count_error(ErrorKind::BadRequest);
@@ -327,7 +290,7 @@ async fn one_request(client: &mut Client, head: RequestHead) -> Next {
     let mut exchange = std::pin::pin!(async {
         let resp = ctx
             .worker
-            .handle(info, ServedBy::Own(timer.as_mut()), req)
+            .handle(info, ServedBy::Own(ctx.wakeups.deadline(wake_key)), req)
             .await;
         write_response(&mut wr, resp, is_head, minor, client_keep_alive).await
     });
@@ -352,7 +315,7 @@ async fn one_request(client: &mut Client, head: RequestHead) -> Next {
     // A body the upstream did not wait for: the connection cannot be read further.
     let body_read = body_read || (!pump_over && pumping.now_or_never().unwrap_or(false));
     match outcome {
-        Ok(Sent::Done { keep_alive }) if keep_alive && body_read && !ctx.stop.is_set() => {
+        Ok(Sent::Done { keep_alive }) if keep_alive && body_read && !ctx.wakeups.is_stopping() => {
             Next::Another
         }
         Ok(Sent::Done { .. }) => Next::Close,
@@ -364,7 +327,7 @@ async fn one_request(client: &mut Client, head: RequestHead) -> Next {
 /// What ended a wait for the next bytes of a head.
 enum Woke {
     Readable(bool),
-    Timer,
+    Expired,
     Stopped,
 }
 

@@ -17,11 +17,11 @@ mod http1;
 mod idle;
 mod service;
 mod spares;
-mod stop;
 pub mod tls;
 pub mod upstream;
 mod upstream_fields;
 mod upstream_h1;
+mod wakeups;
 
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
@@ -44,10 +44,10 @@ pub use forwarding::TrustedProxies;
 use idle::{IdleCheck, IdleState};
 use service::ServedBy;
 pub use service::{ConnInfo, Worker};
-use stop::{StopKey, StopSignal};
 pub use tls::{CertStore, TlsError};
 pub use upstream::PoolSettings;
 use upstream_fields::UpstreamFields;
+use wakeups::{Wake, WakeKey, Wakeups};
 
 use crate::clock;
 use crate::metrics::{ErrorKind, Metrics};
@@ -221,9 +221,10 @@ struct ConnCtx {
     shutdown: watch::Receiver<bool>,
     /// The TLS handshake, and then the first request head, must each arrive within this.
     header_timeout: Duration,
-    /// Set when the worker begins to stop: idle HTTP/1.1 connections close. Smaller to wait
-    /// on than a clone of `shutdown`, which each of them would hold.
-    stop: StopSignal,
+    /// The own HTTP/1.1 connections' wake-ups: idle ones close when the worker begins to stop
+    /// (smaller to wait on than a clone of `shutdown`, which each would hold), and every
+    /// timeout of theirs is a deadline kept there.
+    wakeups: Wakeups,
 }
 
 impl WorkerCtx {
@@ -266,7 +267,7 @@ impl WorkerCtx {
                 limit: self.limit,
                 shutdown: self.shutdown.clone(),
                 header_timeout: self.settings.header_read_timeout,
-                stop: StopSignal::default(),
+                wakeups: Wakeups::default(),
             });
             for (socket, side) in sockets {
                 match tokio::net::TcpListener::from_std(socket) {
@@ -278,9 +279,12 @@ impl WorkerCtx {
                     }
                 }
             }
+            // Kept through the drain: requests in flight keep their response timeouts.
+            let sweeping = ctx.clone();
+            tokio::spawn(async move { sweeping.wakeups.sweep().await });
             let mut shutdown = self.shutdown;
             let _ = stopped(&mut shutdown).await;
-            ctx.stop.set();
+            ctx.wakeups.stop();
             drop(ctx);
             if tokio::time::timeout(self.settings.drain_timeout, drain.wait_idle())
                 .await
@@ -337,8 +341,8 @@ async fn accept_loop(
 /// An open client connection's hold on its worker: a place under the connection limit and
 /// its count for the drain and the metrics, released when the connection's task ends. One
 /// pointer in every connection's task, instead of a guard for each, and where the worker's
-/// stop signal keeps the connection's waker.
-struct ConnSlot(Arc<ConnCtx>, StopKey);
+/// wake-ups keep the connection's waker.
+struct ConnSlot(Arc<ConnCtx>, WakeKey);
 
 impl ConnSlot {
     fn open(ctx: &Arc<ConnCtx>, permit: tokio::sync::OwnedSemaphorePermit) -> ConnSlot {
@@ -346,12 +350,19 @@ impl ConnSlot {
         permit.forget();
         ctx.worker.drain.arrive();
         ctx.worker.metrics.connection_opened();
-        ConnSlot(ctx.clone(), StopKey::default())
+        ConnSlot(ctx.clone(), WakeKey::default())
     }
 
-    /// Ready once the worker begins to stop.
-    fn poll_stop(&mut self, cx: &std::task::Context<'_>) -> Poll<()> {
-        self.0.stop.poll(&mut self.1, cx)
+    /// Ready once `deadline_ms` has passed or, if `until_stop`, the worker begins to stop.
+    fn poll_wake(
+        &mut self,
+        deadline_ms: u64,
+        until_stop: bool,
+        cx: &std::task::Context<'_>,
+    ) -> Poll<Wake> {
+        self.0
+            .wakeups
+            .poll(&mut self.1, deadline_ms, until_stop, cx)
     }
 }
 
@@ -368,7 +379,7 @@ impl Drop for ConnSlot {
         self.0.worker.metrics.connection_closed();
         self.0.limit.add_permits(1);
         self.0.worker.drain.leave();
-        self.0.stop.forget(&mut self.1);
+        self.0.wakeups.forget(&mut self.1);
     }
 }
 

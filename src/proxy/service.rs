@@ -11,7 +11,6 @@ use http::{Method, Request, Response, StatusCode, Uri, Version as HttpVersion};
 use http_body_util::Either;
 use hyper::body::Body;
 use hyper_util::rt::TokioIo;
-use tokio::time::Sleep;
 
 use super::ProxyBody;
 use super::body::{RequestBody, ResponseBody, TrackedBody};
@@ -21,6 +20,7 @@ use super::forwarding::{Forwarding, Peer};
 use super::headers;
 use super::idle::{BusyGuard, IdleState};
 use super::upstream::{UpstreamError, Upstreams};
+use super::wakeups::Deadline;
 use crate::clock;
 use crate::health::{Endpoint, pick_endpoint};
 use crate::metrics::{ActiveGuard, Metrics, VersionStats};
@@ -69,8 +69,8 @@ pub enum ServedBy<'a> {
     /// has been sent.
     Hyper(&'a Arc<IdleState>),
     /// tidegate's own HTTP/1.1 loop, which keeps its own guard and lends the connection's
-    /// timer for the response timeout: a request then costs no timer registration.
-    Own(Pin<&'a mut Sleep>),
+    /// deadline for the response timeout: a request then costs no timer registration.
+    Own(Deadline<'a>),
 }
 
 impl Worker {
@@ -87,7 +87,7 @@ impl Worker {
                 Some(BusyGuard::begin(idle, req.version() == HttpVersion::HTTP_2)),
                 None,
             ),
-            ServedBy::Own(timer) => (None, Some(timer)),
+            ServedBy::Own(deadline) => (None, Some(deadline)),
         };
         match self.relay(conn, req, start, busy, timer).await {
             Ok(resp) => resp,
@@ -108,7 +108,7 @@ impl Worker {
         mut req: Request<RequestBody>,
         start: Instant,
         busy: Option<BusyGuard>,
-        timer: Option<Pin<&mut Sleep>>,
+        own_deadline: Option<Deadline<'_>>,
     ) -> Result<Response<ProxyBody>, (ProxyError, Option<Arc<VersionStats>>)> {
         headers::check_request_head(req.headers(), self.max_header_bytes).map_err(|e| (e, None))?;
         let upgrade =
@@ -142,7 +142,7 @@ impl Worker {
                 upgrade,
                 protocol,
                 start,
-                timer,
+                own_deadline,
             )
             .await
             .map_err(fail)?;
@@ -190,7 +190,7 @@ impl Worker {
     /// Sends the request within the route's response timeout, to `target`'s endpoint; a
     /// request that never left (connect failed) and may be retried goes once to another
     /// endpoint of the version. The response, and the endpoint that gave it. The timeout
-    /// runs on `timer` when the connection lends one.
+    /// is watched by the connection's wake-ups when it lends its deadline.
     #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
@@ -200,7 +200,7 @@ impl Worker {
         upgrade: bool,
         protocol: UpstreamProtocol,
         start: Instant,
-        mut timer: Option<Pin<&mut Sleep>>,
+        mut own_deadline: Option<Deadline<'_>>,
     ) -> Result<(Response<ResponseBody>, Arc<Endpoint>), ProxyError> {
         let mut endpoint = target.endpoint.clone();
         // Only requests that may be retried pay for a copy of their head.
@@ -224,8 +224,8 @@ impl Worker {
                     upstreams.send(protocol, addr, up_req, forwarding).await
                 }
             });
-            let sent = match timer.as_mut() {
-                Some(timer) => within(timer.as_mut(), deadline, sending).await,
+            let sent = match own_deadline.as_mut() {
+                Some(own) => within(own, clock::ms_at(deadline.into_std()), sending).await,
                 None => tokio::time::timeout_at(deadline, sending).await.ok(),
             };
             match sent {
@@ -413,27 +413,15 @@ fn upstream_request<'a>(
     forwarding
 }
 
-/// `fut`'s output, or None once `deadline` has passed, waited for on a timer that may be
-/// due earlier (it is then moved on, which costs no registration when it is later).
+/// `fut`'s output, or None once `deadline_ms` has passed.
 async fn within<F: Future>(
-    mut timer: Pin<&mut Sleep>,
-    deadline: tokio::time::Instant,
+    own: &mut Deadline<'_>,
+    deadline_ms: u64,
     mut fut: Pin<&mut F>,
 ) -> Option<F::Output> {
-    if timer.deadline() > deadline {
-        timer.as_mut().reset(deadline);
-    }
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
-        }
-        while timer.as_mut().poll(cx).is_ready() {
-            if timer.deadline() >= deadline {
-                return Poll::Ready(None);
-            }
-            timer.as_mut().reset(deadline);
-        }
-        Poll::Pending
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        Poll::Ready(out) => Poll::Ready(Some(out)),
+        Poll::Pending => own.poll(deadline_ms, cx).map(|()| None),
     })
     .await
 }
