@@ -139,8 +139,11 @@ impl Worker {
                 &target,
                 req,
                 forwarding.as_ref(),
-                upgrade,
-                protocol,
+                if upgrade {
+                    Leaving::Upgrade
+                } else {
+                    Leaving::Request(protocol)
+                },
                 start,
                 own_deadline,
             )
@@ -191,14 +194,12 @@ impl Worker {
     /// request that never left (connect failed) and may be retried goes once to another
     /// endpoint of the version. The response, and the endpoint that gave it. The timeout
     /// is watched by the connection's wake-ups when it lends its deadline.
-    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         target: &Target,
         mut up_req: Request<RequestBody>,
         forwarding: Option<&Forwarding<'_>>,
-        upgrade: bool,
-        protocol: UpstreamProtocol,
+        leaving: Leaving,
         start: Instant,
         mut own_deadline: Option<Deadline<'_>>,
     ) -> Result<(Response<ResponseBody>, Arc<Endpoint>), ProxyError> {
@@ -218,10 +219,11 @@ impl Worker {
             let upstreams = &self.upstreams;
             // Pinned where it is made: the request's future is large, and a move copies it.
             let sending = std::pin::pin!(async move {
-                if upgrade {
-                    Box::pin(upstreams.send_upgrade(addr, up_req)).await
-                } else {
-                    upstreams.send(protocol, addr, up_req, forwarding).await
+                match leaving {
+                    Leaving::Upgrade => Box::pin(upstreams.send_upgrade(addr, up_req)).await,
+                    Leaving::Request(protocol) => {
+                        upstreams.send(protocol, addr, up_req, forwarding).await
+                    }
                 }
             });
             let sent = match own_deadline.as_mut() {
@@ -411,6 +413,15 @@ fn upstream_request<'a>(
     };
     *req.uri_mut() = uri;
     forwarding
+}
+
+/// How a request leaves for its upstream.
+#[derive(Clone, Copy)]
+enum Leaving {
+    /// An upgrade, over HTTP/1.1; the connection is then relayed as it is.
+    Upgrade,
+    /// A request, by the upstream's protocol.
+    Request(UpstreamProtocol),
 }
 
 /// `fut`'s output, or None once `deadline_ms` has passed.

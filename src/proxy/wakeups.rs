@@ -69,20 +69,25 @@ impl Wakeups {
         until_stop: bool,
         cx: &Context<'_>,
     ) -> Poll<Wake> {
-        if let Some(wake) = self.due(deadline_ms, until_stop) {
-            return Poll::Ready(wake);
+        if until_stop && self.is_stopping() {
+            return Poll::Ready(Wake::Stopped);
+        }
+        let now_ms = clock::now_ms();
+        if now_ms >= deadline_ms {
+            return Poll::Ready(Wake::Expired);
         }
         {
             let mut state = self.lock();
-            let entry = (cx.waker().clone(), deadline_ms);
             match key.0.and_then(|k| state.waiting.get_mut(k as usize)) {
                 Some((waker, deadline)) => {
                     if !waker.will_wake(cx.waker()) {
-                        *waker = entry.0;
+                        *waker = cx.waker().clone();
                     }
                     *deadline = deadline_ms;
                 }
-                None => key.0 = Some(state.waiting.insert(entry) as u32),
+                None => {
+                    key.0 = Some(state.waiting.insert((cx.waker().clone(), deadline_ms)) as u32)
+                }
             }
             if deadline_ms < state.sweep_at {
                 state.sweep_at = deadline_ms;
@@ -97,16 +102,6 @@ impl Wakeups {
             Poll::Ready(Wake::Stopped)
         } else {
             Poll::Pending
-        }
-    }
-
-    fn due(&self, deadline_ms: u64, until_stop: bool) -> Option<Wake> {
-        if until_stop && self.is_stopping() {
-            Some(Wake::Stopped)
-        } else if clock::now_ms() >= deadline_ms {
-            Some(Wake::Expired)
-        } else {
-            None
         }
     }
 
