@@ -72,8 +72,7 @@ impl Wakeups {
         if until_stop && self.is_stopping() {
             return Poll::Ready(Wake::Stopped);
         }
-        let now_ms = clock::now_ms();
-        if now_ms >= deadline_ms {
+        if clock::now_ms() >= deadline_ms {
             return Poll::Ready(Wake::Expired);
         }
         {
