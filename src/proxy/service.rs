@@ -82,14 +82,14 @@ impl Worker {
         req: Request<RequestBody>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
-        let (busy, timer) = match served_by {
+        let (busy, own_deadline) = match served_by {
             ServedBy::Hyper(idle) => (
                 Some(BusyGuard::begin(idle, req.version() == HttpVersion::HTTP_2)),
                 None,
             ),
             ServedBy::Own(deadline) => (None, Some(deadline)),
         };
-        match self.relay(conn, req, start, busy, timer).await {
+        match self.relay(conn, req, start, busy, own_deadline).await {
             Ok(resp) => resp,
             Err((err, stats)) => {
                 self.metrics.count_error(err.kind());
@@ -128,22 +128,18 @@ impl Worker {
         } else {
             None
         };
-        let protocol = if upgrade {
-            UpstreamProtocol::Http1
+        let leaving = if upgrade {
+            Leaving::Upgrade
         } else {
-            target.protocol
+            Leaving::Request(target.protocol)
         };
-        let forwarding = upstream_request(conn, &mut req, upgrade, protocol, &target.endpoint);
+        let forwarding = upstream_request(conn, &mut req, leaving, &target.endpoint);
         let (mut resp, endpoint) = self
             .send(
                 &target,
                 req,
                 forwarding.as_ref(),
-                if upgrade {
-                    Leaving::Upgrade
-                } else {
-                    Leaving::Request(protocol)
-                },
+                leaving,
                 start,
                 own_deadline,
             )
@@ -363,10 +359,11 @@ impl Worker {
 fn upstream_request<'a>(
     conn: &'a ConnInfo,
     req: &mut Request<RequestBody>,
-    upgrade: bool,
-    protocol: UpstreamProtocol,
+    leaving: Leaving,
     endpoint: &Endpoint,
 ) -> Option<Forwarding<'a>> {
+    let upgrade = matches!(leaving, Leaving::Upgrade);
+    let protocol = leaving.protocol();
     let host = req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
             .authority()
@@ -422,6 +419,15 @@ enum Leaving {
     Upgrade,
     /// A request, by the upstream's protocol.
     Request(UpstreamProtocol),
+}
+
+impl Leaving {
+    fn protocol(self) -> UpstreamProtocol {
+        match self {
+            Leaving::Upgrade => UpstreamProtocol::Http1,
+            Leaving::Request(protocol) => protocol,
+        }
+    }
 }
 
 /// `fut`'s output, or None once `deadline_ms` has passed.
