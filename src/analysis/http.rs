@@ -12,14 +12,15 @@
 //!   field is `NoData`, a string, array or object (or a body that is not JSON) is `Error`.
 
 use super::Vars;
+use super::json_path::to_pointer;
 use super::spec::{HttpMethod, HttpMetric};
 use super::verdict::Reading;
 use crate::httpclient::{HttpRequest, body_excerpt};
 
 pub async fn measure(spec: &HttpMetric, vars: &Vars) -> Reading {
     let path = match &spec.json_path {
-        Some(p) => match parse_json_path(p) {
-            Ok(steps) => Some((p.as_str(), steps)),
+        Some(p) => match to_pointer(p) {
+            Ok(pointer) => Some((p.as_str(), pointer)),
             Err(e) => return Reading::Error(e),
         },
         None => None,
@@ -44,7 +45,7 @@ pub async fn measure(spec: &HttpMetric, vars: &Vars) -> Reading {
         Ok(r) => r,
         Err(e) => return Reading::Error(format!("webhook: {e}")),
     };
-    let Some((path_text, steps)) = path else {
+    let Some((path_text, pointer)) = path else {
         return Reading::Value(1.0);
     };
     let json: serde_json::Value = match serde_json::from_slice(&resp.body) {
@@ -58,71 +59,14 @@ pub async fn measure(spec: &HttpMetric, vars: &Vars) -> Reading {
             ));
         }
     };
-    read_path(&json, path_text, &steps, &resp.url)
+    read_path(&json, path_text, &pointer, &resp.url)
 }
 
-/// One step of a `jsonPath`: an object key or an array index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathStep {
-    Key(String),
-    Index(usize),
-}
-
-/// Parses `data.results[0].errorRate` (a leading `$.` is allowed, as in JSONPath).
-pub fn parse_json_path(path: &str) -> Result<Vec<PathStep>, String> {
-    let bad = |why: &str| format!("jsonPath `{path}`: {why}");
-    let body = path
-        .strip_prefix("$.")
-        .or_else(|| path.strip_prefix('$'))
-        .unwrap_or(path);
-    if body.is_empty() {
-        return Err(bad("empty path"));
-    }
-    let mut steps = Vec::new();
-    for (i, part) in body.split('.').enumerate() {
-        let (key, mut rest) = match part.find('[') {
-            Some(at) => part.split_at(at),
-            None => (part, ""),
-        };
-        // Only the first part may be a bare index (`[0].a`, for an answer that is an array).
-        if key.is_empty() && (i > 0 || rest.is_empty()) {
-            return Err(bad(
-                "empty field name (two dots in a row, or a dot at an end?)",
-            ));
-        }
-        if !key.is_empty() {
-            steps.push(PathStep::Key(key.to_string()));
-        }
-        while !rest.is_empty() {
-            let Some(inner) = rest.strip_prefix('[') else {
-                return Err(bad(&format!("unexpected `{rest}` after an index")));
-            };
-            let Some((index, after)) = inner.split_once(']') else {
-                return Err(bad("`[` without `]`"));
-            };
-            let n = index
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| bad(&format!("`[{index}]` is not an array index")))?;
-            steps.push(PathStep::Index(n));
-            rest = after;
-        }
-    }
-    Ok(steps)
-}
-
-fn read_path(json: &serde_json::Value, path: &str, steps: &[PathStep], url: &str) -> Reading {
-    let mut at = json;
-    for step in steps {
-        let next = match step {
-            PathStep::Key(k) => at.get(k.as_str()),
-            PathStep::Index(i) => at.get(*i),
-        };
-        match next {
-            Some(v) => at = v,
-            None => return Reading::NoData(format!("`{path}` is not in the answer from {url}")),
-        }
-    }
+/// The field at `pointer` (from `path`) of a webhook's answer, as a reading.
+fn read_path(json: &serde_json::Value, path: &str, pointer: &str, url: &str) -> Reading {
+    let Some(at) = json.pointer(pointer) else {
+        return Reading::NoData(format!("`{path}` is not in the answer from {url}"));
+    };
     match at {
         serde_json::Value::Number(n) => match n.as_f64() {
             Some(v) => Reading::Value(v),
@@ -192,40 +136,9 @@ mod tests {
     }
 
     #[test]
-    fn json_paths_parse() {
-        use PathStep::*;
-        assert_eq!(
-            parse_json_path("a.b[0].c").unwrap(),
-            vec![Key("a".into()), Key("b".into()), Index(0), Key("c".into())]
-        );
-        assert_eq!(
-            parse_json_path("$.m[1][2]").unwrap(),
-            vec![Key("m".into()), Index(1), Index(2)]
-        );
-        assert_eq!(
-            parse_json_path("[3].ok").unwrap(),
-            vec![Index(3), Key("ok".into())]
-        );
-        for (bad, why) in [
-            ("", "empty path"),
-            ("a..b", "empty field name"),
-            ("a.", "empty field name"),
-            ("a[x]", "`[x]` is not an array index"),
-            ("a[1", "`[` without `]`"),
-            ("a[1]b", "unexpected `b` after an index"),
-        ] {
-            let e = parse_json_path(bad).unwrap_err();
-            assert!(
-                e.starts_with(&format!("jsonPath `{bad}`: ")) && e.contains(why),
-                "{bad}: {e}"
-            );
-        }
-    }
-
-    #[test]
     fn values_by_type() {
         let doc = json!({"d": {"rate": 0.02, "ok": true, "no": false, "n": null, "s": "0.1", "list": [{"v": 3}], "o": {}}});
-        let read = |p: &str| read_path(&doc, p, &parse_json_path(p).unwrap(), "http://h/");
+        let read = |p: &str| read_path(&doc, p, &to_pointer(p).unwrap(), "http://h/");
         assert_eq!(read("d.rate"), Reading::Value(0.02));
         assert_eq!(read("d.ok"), Reading::Value(1.0));
         assert_eq!(read("d.no"), Reading::Value(0.0));

@@ -4,6 +4,7 @@ pub mod builtin;
 pub mod codes;
 pub mod condition;
 pub mod http;
+pub mod json_path;
 pub mod prometheus;
 pub mod sequential;
 pub mod spec;

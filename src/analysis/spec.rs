@@ -351,7 +351,7 @@ impl MetricSpec {
             }
             ProviderSpec::Http(h) => {
                 if let Some(path) = &h.json_path {
-                    super::http::parse_json_path(path)
+                    super::json_path::to_pointer(path)
                         .map_err(|e| ("provider.http.jsonPath".to_string(), e))?;
                 }
                 if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
