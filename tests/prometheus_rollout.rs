@@ -173,6 +173,7 @@ routes:
             .process
             .controller
             .command("app", Command::Promote { full: false })
+            .await
             .expect("promote ends the pause step");
     }
 

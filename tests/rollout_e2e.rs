@@ -116,6 +116,7 @@ async fn full_rollout_under_load_fails_no_request_and_drains_before_removal() {
     let s = p
         .controller
         .command("app", Command::Promote { full: false })
+        .await
         .expect("promote ends the first pause");
     assert_eq!(s.canary_weight, 2000, "promote moved on to 20%: {s:#?}");
     let s = wait_status(p, "app", "the last pause step at 50%", limit, |s| {
@@ -294,6 +295,7 @@ async fn old_version_is_removed_at_the_drain_timeout_with_a_tunnel_still_open() 
     let s = p
         .controller
         .command("app", Command::Promote { full: false })
+        .await
         .expect("promote");
     assert_eq!(s.stable, "v2");
     assert!(s.retiring.iter().any(|r| r.version == "v1"), "{s:#?}");
@@ -537,6 +539,7 @@ async fn inconclusive_analysis_waits_for_a_human() {
     let s = p
         .controller
         .command("app", Command::Resume)
+        .await
         .expect("resume");
     assert_eq!(s.phase, Phase::Progressing);
     let s = wait_status(p, "app", "the second inconclusive pause", limit, |s| {
@@ -553,6 +556,7 @@ async fn inconclusive_analysis_waits_for_a_human() {
     let s = p
         .controller
         .command("app", Command::Promote { full: false })
+        .await
         .expect("promote");
     assert_eq!((s.phase, s.step, s.canary_weight), (Phase::Paused, 3, 6000));
     assert_eq!(s.pause.as_ref().map(|p| p.reason), Some(PauseReason::Step));
@@ -622,6 +626,7 @@ async fn sticky_clients_stay_through_steps_and_leave_the_old_version_after_promo
     let s = p
         .controller
         .command("app", Command::Promote { full: false })
+        .await
         .expect("promote to 80%");
     assert_eq!((s.step, s.canary_weight), (3, 8000));
     check("v1", v1_cookie.clone()).await;
@@ -641,6 +646,7 @@ async fn sticky_clients_stay_through_steps_and_leave_the_old_version_after_promo
     let s = p
         .controller
         .command("app", Command::Promote { full: false })
+        .await
         .expect("promote to completion");
     assert_eq!((s.phase, s.stable.as_str()), (Phase::Healthy, "v2"));
     // The held request keeps v1 draining, out of the table.
@@ -706,6 +712,7 @@ async fn background_analysis_going_inconclusive_at_a_pause_step_is_not_silent() 
     // `resume` watches again from scratch and goes back to waiting at the step.
     p.controller
         .command("app", Command::Resume)
+        .await
         .expect("resume");
     let s = p.controller.status("app").expect("status");
     assert_eq!((s.phase, s.step), (Phase::Paused, 1));

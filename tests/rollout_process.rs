@@ -426,6 +426,88 @@ async fn kill9_during_a_manual_pause_stays_paused_past_the_steps_timer() {
     .await;
 }
 
+/// True when a thread of `pid` waits in the kernel for the other end of a FIFO.
+fn waits_on_a_fifo(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("wchan"))
+                    .is_ok_and(|w| w.trim() == "wait_for_partner")
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_disk_that_hangs_holds_up_only_the_command_saving_to_it() {
+    let v1 = named_backend("v1").await;
+    let v2 = named_backend("v2").await;
+    let fx = Fixture::new(
+        v1.addr,
+        v2.addr,
+        "steps:\n- setWeight: 20\n- pause: {}\n- setWeight: 60\n- pause: {}",
+    );
+    let t = fx.run().await;
+    let paused_at_20 =
+        |s: &serde_json::Value| phase(s) == "Paused" && step(s) == 1 && canary_weight(s) == 20.0;
+    fx.wait_status(&t, "the first pause", WAIT, paused_at_20)
+        .await;
+    let saved_before = fx.state_bytes();
+
+    // The next save hangs: the temp file it writes is a FIFO that nobody reads yet.
+    let fifo = fx.state_file().with_file_name(".app.json.tmp");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success());
+    let pid = t.pid();
+    let (promote, written) = tokio::join!(fx.post("promote", fx.token), async {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !waits_on_a_fifo(pid) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the save never reached the state file; log:\n{}",
+                t.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Meanwhile status, metrics and traffic answer, and the command is not in force.
+        let s = fx.status().await;
+        assert!(paused_at_20(&s), "{s:#}");
+        let m = fx.metrics().await;
+        assert_eq!(metric_weight(&m, "tidegate_rollout_weight", "v2"), 20.0);
+        assert_eq!(fx.traffic("/", 5).await.len(), 5);
+        // The disk answers: the save hands over the promoted status, then cannot sync a FIFO.
+        let fifo = fifo.clone();
+        tokio::task::spawn_blocking(move || std::fs::read(fifo))
+            .await
+            .expect("reader")
+            .expect("read the FIFO")
+    });
+    let written: serde_json::Value = serde_json::from_slice(&written).expect("JSON was written");
+    assert_eq!((step(&written), canary_weight(&written)), (3, 60.0));
+    // A save that failed applies nothing: the command says so and the rollout stays.
+    assert_eq!(promote.status, 500, "{}", promote.body);
+    assert!(
+        promote
+            .body
+            .contains("could not be saved, so the command was not applied"),
+        "{}",
+        promote.body
+    );
+    assert!(paused_at_20(&fx.status().await));
+    assert_eq!(fx.state_bytes(), saved_before);
+
+    std::fs::remove_file(&fifo).expect("remove the FIFO");
+    let s = fx.command("promote").await;
+    assert_eq!((step(&s), canary_weight(&s)), (3, 60.0));
+    assert_eq!(
+        (step(&fx.saved_status()), canary_weight(&fx.saved_status())),
+        (3, 60.0)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_state_file_stops_the_start_names_the_file_and_is_left_untouched() {
     let v1 = named_backend("v1").await;

@@ -95,7 +95,7 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>
 }
 
 /// Serves `/api/v1/...`.
-pub fn handle(
+pub async fn handle(
     state: &AdminState,
     peer: SocketAddr,
     method: &Method,
@@ -162,7 +162,7 @@ pub fn handle(
                     "`full` applies to promote only".into(),
                 ));
             }
-            let status = controller.command(name, cmd)?;
+            let status = controller.command(name, cmd).await?;
             Ok(json(StatusCode::OK, &status))
         }
         (_, ["rollouts"] | ["rollouts", _]) => Err(ApiError::MethodNotAllowed("only GET here")),

@@ -49,7 +49,7 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, peer, &req)) }
+                async move { Ok::<_, Infallible>(respond(&state, peer, &req).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -58,7 +58,11 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
     }
 }
 
-fn respond(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(
+    state: &AdminState,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if path.starts_with("/api/v1/") {
         return api::handle(
@@ -69,6 +73,7 @@ fn respond(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> Res
             req.uri().query(),
             req.headers(),
         )
+        .await
         .unwrap_or_else(api::ApiError::into_response);
     }
     match (req.method(), path) {

@@ -61,6 +61,10 @@ struct Rollout {
     status: RolloutStatus,
     /// The last save failed: save again at the next decision even without a change.
     unsaved: bool,
+    /// Held from a decision until it is saved and in force, so decisions on this rollout
+    /// (its loop's and commands) go one at a time while the map's lock is free during the
+    /// save: status reads, metrics and other rollouts do not wait for the disk.
+    turn: Arc<tokio::sync::Mutex<()>>,
     wake: mpsc::UnboundedSender<Wake>,
     task: AbortHandle,
 }
@@ -123,16 +127,28 @@ impl Controller {
     }
 
     /// Applies a manual command; the status is saved before anything else changes.
-    pub fn command(&self, route: &str, cmd: Command) -> Result<RolloutStatus, ControlError> {
-        let mut rollouts = self.inner.lock();
-        let r = rollouts
-            .get_mut(route)
-            .ok_or_else(|| ControlError::UnknownRollout(route.to_string()))?;
-        let obs = self.inner.observations(route, r, Vec::new());
-        let decision = rollout::command(&r.spec, &r.status, cmd, &obs)?;
-        self.inner.store.save(&decision.status)?;
+    pub async fn command(&self, route: &str, cmd: Command) -> Result<RolloutStatus, ControlError> {
+        let unknown = || ControlError::UnknownRollout(route.to_string());
+        let inner = &self.inner;
+        let turn = inner.turn(route).ok_or_else(unknown)?;
+        let _turn = turn.lock().await;
+        let decision = {
+            let rollouts = inner.lock();
+            let r = rollouts.get(route).ok_or_else(unknown)?;
+            let obs = inner.observations(route, r, Vec::new());
+            rollout::command(&r.spec, &r.status, cmd, &obs)?
+        };
+        inner.save(decision.status.clone()).await?;
         tracing::info!(rollout = route, command = cmd.name(), "command applied");
-        self.inner.apply(route, r, decision);
+        let mut rollouts = inner.lock();
+        let Some(r) = rollouts.get_mut(route) else {
+            // Removed from the config during the save: its saved status is the command's.
+            inner
+                .lock_saved()
+                .insert(route.to_string(), decision.status.clone());
+            return Ok(decision.status);
+        };
+        inner.apply(route, r, decision);
         let _ = r.wake.send(Wake::Now);
         Ok(r.status.clone())
     }
@@ -221,6 +237,7 @@ impl ConfigListener for Controller {
                             revision,
                             status,
                             unsaved: false,
+                            turn: Arc::default(),
                             wake: tx,
                             task,
                         },
@@ -255,7 +272,7 @@ async fn drive(
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let requeue = strong.step(&route, std::mem::take(&mut measured));
+        let requeue = strong.step(&route, std::mem::take(&mut measured)).await;
         drop(strong);
         let Some(sleep) = requeue else { return };
         tokio::select! {
@@ -284,25 +301,57 @@ impl Inner {
         self.saved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn turn(&self, route: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        self.lock().get(route).map(|r| r.turn.clone())
+    }
+
+    /// Writes a status on a blocking thread: a slow disk holds up only the rollout it saves.
+    async fn save(&self, status: RolloutStatus) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.save(&status))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
     /// One decision for `route`; None when the rollout is gone.
-    fn step(self: &Arc<Self>, route: &str, measured: Vec<MeasurementResult>) -> Option<Duration> {
-        let mut rollouts = self.lock();
-        let r = rollouts.get_mut(route)?;
-        for m in &measured {
-            self.counters.count_verdict(route, &r.spec, &r.status, m);
-        }
-        let obs = self.observations(route, r, measured);
-        let decision = rollout::decide(&r.spec, &r.status, &obs);
-        if decision.status != r.status || r.unsaved {
-            // On failure carry on in memory: a rollback must still happen on a full disk.
-            // The save is tried again at the next decision.
-            r.unsaved = match self.store.save(&decision.status) {
+    async fn step(
+        self: &Arc<Self>,
+        route: &str,
+        measured: Vec<MeasurementResult>,
+    ) -> Option<Duration> {
+        let turn = self.turn(route)?;
+        let _turn = turn.lock().await;
+        let (decision, save) = {
+            let rollouts = self.lock();
+            let r = rollouts.get(route)?;
+            for m in &measured {
+                self.counters.count_verdict(route, &r.spec, &r.status, m);
+            }
+            let obs = self.observations(route, r, measured);
+            let decision = rollout::decide(&r.spec, &r.status, &obs);
+            let save = decision.status != r.status || r.unsaved;
+            (decision, save)
+        };
+        // On failure carry on in memory: a rollback must still happen on a full disk.
+        // The save is tried again at the next decision.
+        let unsaved = save
+            && match self.save(decision.status.clone()).await {
                 Ok(()) => false,
                 Err(e) => {
                     tracing::error!(rollout = route, error = %e, "rollout status not saved; retrying");
                     true
                 }
             };
+        let mut rollouts = self.lock();
+        let Some(r) = rollouts.get_mut(route) else {
+            // Removed from the config during the save: keep what was saved.
+            if save && !unsaved {
+                self.lock_saved().insert(route.to_string(), decision.status);
+            }
+            return None;
+        };
+        if save {
+            r.unsaved = unsaved;
         }
         let requeue = decision.requeue_after;
         self.apply(route, r, decision);
