@@ -343,13 +343,8 @@ impl Inner {
                 }
             };
         let mut rollouts = self.lock();
-        let Some(r) = rollouts.get_mut(route) else {
-            // Removed from the config during the save: keep what was saved.
-            if save && !unsaved {
-                self.lock_saved().insert(route.to_string(), decision.status);
-            }
-            return None;
-        };
+        // Gone from the config during the save: its task is being stopped.
+        let r = rollouts.get_mut(route)?;
         if save {
             r.unsaved = unsaved;
         }
