@@ -308,9 +308,16 @@ impl Inner {
     /// Writes a status on a blocking thread: a slow disk holds up only the rollout it saves.
     async fn save(&self, status: RolloutStatus) -> Result<(), StoreError> {
         let store = self.store.clone();
+        let dir = store.dir().to_path_buf();
+        // A save that never ran (the runtime shutting down) did not save.
         tokio::task::spawn_blocking(move || store.save(&status))
             .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+            .unwrap_or_else(|e| {
+                Err(StoreError::Write {
+                    file: dir,
+                    source: std::io::Error::other(e),
+                })
+            })
     }
 
     /// One decision for `route`; None when the rollout is gone.
