@@ -352,9 +352,8 @@ impl Inner {
         let mut rollouts = self.lock();
         // Gone from the config during the save: its task is being stopped.
         let r = rollouts.get_mut(route)?;
-        if save {
-            r.unsaved = unsaved;
-        }
+        // Without a save `r.unsaved` was false already.
+        r.unsaved = unsaved;
         let requeue = decision.requeue_after;
         self.apply(route, r, decision);
         // Even with nothing scheduled, look again now and then (endpoints drain, configs change).
