@@ -1,5 +1,6 @@
 //! Active health checks: a periodic HTTP GET per endpoint, with consecutive-result thresholds.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +12,9 @@ use tokio::task::JoinHandle;
 
 use super::Endpoint;
 
-/// One endpoint to probe, with the check settings of the version it serves.
-#[derive(Clone)]
-pub struct ProbeTarget {
-    pub endpoint: Arc<Endpoint>,
+/// Active health check settings of a version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeSettings {
     pub path: String,
     pub interval: Duration,
     pub timeout: Duration,
@@ -22,25 +22,23 @@ pub struct ProbeTarget {
     pub unhealthy_threshold: u32,
 }
 
+/// One endpoint to probe, with the check settings of the version it serves.
+#[derive(Clone)]
+pub struct ProbeTarget {
+    pub endpoint: Arc<Endpoint>,
+    pub settings: Arc<ProbeSettings>,
+}
+
 /// The running probes; dropping this stops them all.
 #[derive(Default)]
 pub struct ActiveChecks {
     tasks: Vec<JoinHandle<()>>,
     /// What is probed, to tell whether a new route table needs new probes.
-    targets: Vec<TargetKey>,
+    targets: Vec<(SocketAddr, Arc<ProbeSettings>)>,
 }
 
-type TargetKey = (std::net::SocketAddr, String, Duration, Duration, u32, u32);
-
-fn key(t: &ProbeTarget) -> TargetKey {
-    (
-        t.endpoint.addr,
-        t.path.clone(),
-        t.interval,
-        t.timeout,
-        t.healthy_threshold,
-        t.unhealthy_threshold,
-    )
+fn key(t: &ProbeTarget) -> (SocketAddr, Arc<ProbeSettings>) {
+    (t.endpoint.addr, t.settings.clone())
 }
 
 impl ActiveChecks {
@@ -73,33 +71,34 @@ impl Drop for ActiveChecks {
 }
 
 async fn probe_loop(t: ProbeTarget) {
+    let s = &*t.settings;
     let mut successes = 0u32;
     let mut failures = 0u32;
-    let mut ticker = tokio::time::interval(t.interval);
+    let mut ticker = tokio::time::interval(s.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let result = tokio::time::timeout(t.timeout, probe(&t)).await;
+        let result = tokio::time::timeout(s.timeout, probe(&t)).await;
         let ok = matches!(result, Ok(Ok(status)) if (200..400).contains(&status));
         let down = t.endpoint.is_active_down();
         if ok {
             failures = 0;
             successes += 1;
-            if down && successes >= t.healthy_threshold {
+            if down && successes >= s.healthy_threshold {
                 t.endpoint.set_active_down(false);
-                tracing::info!(endpoint = %t.endpoint.addr, path = %t.path, "active health check: endpoint is healthy again");
+                tracing::info!(endpoint = %t.endpoint.addr, path = %s.path, "active health check: endpoint is healthy again");
             }
         } else {
             successes = 0;
             failures += 1;
-            if !down && failures >= t.unhealthy_threshold {
+            if !down && failures >= s.unhealthy_threshold {
                 t.endpoint.set_active_down(true);
                 let why = match result {
-                    Err(_) => format!("no answer within {:?}", t.timeout),
+                    Err(_) => format!("no answer within {:?}", s.timeout),
                     Ok(Err(e)) => e,
                     Ok(Ok(status)) => format!("status {status}"),
                 };
-                tracing::warn!(endpoint = %t.endpoint.addr, path = %t.path, reason = %why, "active health check: endpoint is unhealthy");
+                tracing::warn!(endpoint = %t.endpoint.addr, path = %s.path, reason = %why, "active health check: endpoint is unhealthy");
             }
         }
     }
@@ -114,7 +113,7 @@ async fn probe(t: &ProbeTarget) -> Result<u16, String> {
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let conn = tokio::spawn(conn);
-    let req = http::Request::get(t.path.as_str())
+    let req = http::Request::get(t.settings.path.as_str())
         .header(http::header::HOST, t.endpoint.authority.as_str())
         .header(http::header::USER_AGENT, "tidegate-health-check")
         .header(http::header::CONNECTION, "close")

@@ -4,6 +4,6 @@ mod active;
 mod endpoint;
 mod pick;
 
-pub use active::{ActiveChecks, ProbeTarget};
+pub use active::{ActiveChecks, ProbeSettings, ProbeTarget};
 pub use endpoint::{Endpoint, EndpointRegistry, InFlight, PassivePolicy};
 pub use pick::pick_endpoint;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
 
-use crate::health::{Endpoint, PassivePolicy, ProbeTarget};
+use crate::health::{Endpoint, PassivePolicy, ProbeSettings, ProbeTarget};
 use crate::metrics::VersionStats;
 use crate::proxy_config::UpstreamProtocol;
 use crate::units::WeightBps;
@@ -49,16 +49,6 @@ pub struct Version {
     pub protocol: UpstreamProtocol,
     pub stats: Arc<VersionStats>,
     pub probe: Option<Arc<ProbeSettings>>,
-}
-
-/// Active health check settings of a version.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProbeSettings {
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub healthy_threshold: u32,
-    pub unhealthy_threshold: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -130,11 +120,7 @@ impl RouteTable {
                     }
                     out.push(ProbeTarget {
                         endpoint: e.clone(),
-                        path: p.path.clone(),
-                        interval: p.interval,
-                        timeout: p.timeout,
-                        healthy_threshold: p.healthy_threshold,
-                        unhealthy_threshold: p.unhealthy_threshold,
+                        settings: p.clone(),
                     });
                 }
             }
