@@ -15,7 +15,9 @@ Per target:
   throughput      wrk -t1 -c50 for --duration seconds; req/s, and as a ratio to direct and to HAProxy
   CPU us/req      proxy utime+stime (/proc/PID/stat) over the wrk run / requests served
   backend us/req  the same for the backend nginx (a check that the proxy reuses connections)
-  +p50 / +p99     oha -c20 -q RATE --latency-correction for --latency-duration seconds, minus direct's
+  +p50 / +p99     oha -c20 -q RATE --latency-correction for --latency-duration seconds, minus direct's;
+                  taken in --latency-slices short runs per target, interleaved with the other
+                  targets', so that each sees the same share of the machine's other tenants
   RSS idle        VmRSS after start and a readiness probe, before any load
   RSS load        peak VmRSS sampled every 0.2 s during the wrk runs
   RSS 1k conns    VmRSS with --idle-conns keep-alive connections open, each having sent one request
@@ -38,6 +40,7 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -50,6 +53,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BODY = "tidegate benchmark backend: a small fixed body.\n"
+# Seconds at the start of each latency slice left out: oha opening its connections.
+WARMUP_S = 0.05
 
 # --------------------------------------------------------------------------- processes
 
@@ -492,13 +497,15 @@ def run_wrk(port: int, seconds: int, cpu: str, target: Target, backend: subproce
     }
 
 
-def run_oha(oha: str, port: int, seconds: int, rate: int, cpu: str) -> dict:
+def run_oha(oha: str, port: int, seconds: float, rate: int, cpu: str, db: Path) -> dict:
+    """One oha run at a fixed rate; each request's latency is read back from its database."""
+    db.unlink(missing_ok=True)
     out = run_tool(
         pin(cpu)
         + [
             oha,
             "-z",
-            f"{seconds}s",
+            f"{round(seconds * 1000)}ms",
             "-c",
             "20",
             "-q",
@@ -510,22 +517,59 @@ def run_oha(oha: str, port: int, seconds: int, rate: int, cpu: str) -> dict:
             "json",
             "--worker-threads",
             "1",
+            "--db-url",
+            str(db),
             f"http://127.0.0.1:{port}/",
         ],
         timeout=seconds + 60,
     )
     j = json.loads(out)
-    pct = j["latencyPercentiles"]
     codes = j.get("statusCodeDistribution", {})
     ok = sum(v for k, v in codes.items() if k.startswith("2"))
     errors = j.get("errorDistribution", {})
+    with sqlite3.connect(db) as conn:
+        # The first requests open oha's 20 connections; a slice's first WARMUP_S is left out
+        # so that short slices count connects no more often than one long run would.
+        rows = conn.execute(
+            "SELECT duration FROM oha WHERE COALESCE(start_latency_correction, start) >= ? "
+            "AND status BETWEEN 200 AND 299",
+            (WARMUP_S,),
+        ).fetchall()
+    db.unlink()
     return {
-        "p50_us": pct["p50"] * 1e6,
-        "p99_us": pct["p99"] * 1e6,
+        "latencies_us": [d * 1e6 for (d,) in rows],
         "oha_ok": ok,
         "oha_bad": sum(codes.values()) - ok + sum(errors.values()),
-        "oha_detail": {"status": codes, "errors": errors},
+        "oha_errors": errors,
     }
+
+
+def measure_latency(oha: str, order: list, rnd: int, args, results: dict, tmp: Path) -> None:
+    """Added latency at a fixed rate, in interleaved slices.
+
+    Other tenants of the machine come and go within seconds, and one long run per target
+    would give each target a different share of them. Each target instead gets
+    --latency-slices short runs, taken in turn (the order rotating), and its p50 and p99
+    are those of all its slices' requests together."""
+    slices = max(1, args.latency_slices)
+    pooled: dict[str, list[float]] = {t.name: [] for t in order}
+    for s in range(slices):
+        k = (rnd + s) % len(order)
+        for t in order[k:] + order[:k]:
+            o = run_oha(oha, t.port, args.latency_duration / slices, args.rate, args.load_cpu, tmp / "oha.db")
+            pooled[t.name] += o.pop("latencies_us")
+            r = results[t.name]
+            r["oha_ok"] = r.get("oha_ok", 0) + o["oha_ok"]
+            r["oha_bad"] = r.get("oha_bad", 0) + o["oha_bad"]
+            errors = r.setdefault("oha_errors", {})
+            for e, n in o["oha_errors"].items():
+                errors[e] = errors.get(e, 0) + n
+            time.sleep(0.2)
+    for name, lat in pooled.items():
+        lat.sort()
+        if lat:
+            results[name]["p50_us"] = lat[len(lat) // 2]
+            results[name]["p99_us"] = lat[min(len(lat) - 1, len(lat) * 99 // 100)]
 
 
 def hold_idle_connections(port: int, count: int, pid: int) -> tuple[float | None, str]:
@@ -720,7 +764,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds of each wrk run")
-    ap.add_argument("--latency-duration", type=int, default=10, help="seconds of each oha run")
+    ap.add_argument("--latency-duration", type=float, default=10, help="seconds of oha per target and round")
+    ap.add_argument("--latency-slices", type=int, default=5, help="interleaved oha runs the latency duration is cut into")
     ap.add_argument("--rate", type=int, default=2000, help="oha requests per second")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of wrk per target before round 1")
     ap.add_argument("--idle-conns", type=int, default=1000)
@@ -801,7 +846,12 @@ def run(args, wanted: list[str], oha: str | None, envoy: str | None, procs: Proc
     print(
         f"tidegate load comparison, {time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} CPUs, "
         f"load on CPU{load_cpu}, backend + proxy on CPU{srv_cpu}; {args.rounds} rounds of "
-        f"wrk -t1 -c50 {args.duration}s" + (f" and oha -c20 -q{args.rate} --latency-correction {args.latency_duration}s" if oha else ""),
+        f"wrk -t1 -c50 {args.duration}s" + (
+            f" and oha -c20 -q{args.rate} --latency-correction {args.latency_duration:g}s"
+            f" in {args.latency_slices} interleaved slices"
+            if oha
+            else ""
+        ),
         flush=True,
     )
     backend = start_backend(procs, tmp, srv_cpu, backend_port)
@@ -841,14 +891,16 @@ def run(args, wanted: list[str], oha: str | None, envoy: str | None, procs: Proc
     for rnd in range(args.rounds):
         order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]
         print(f"\nround {rnd + 1}/{args.rounds}: " + " ".join(t.name for t in order), flush=True)
+        results = {}
         for t in order:
             if t.proc and t.proc.poll() is not None:
                 raise RuntimeError(f"{t.name} died (exit {t.proc.returncode})")
-            r = run_wrk(t.port, args.duration, load_cpu, t, backend)
+            results[t.name] = run_wrk(t.port, args.duration, load_cpu, t, backend)
             time.sleep(1)
-            if oha:
-                r.update(run_oha(oha, t.port, args.latency_duration, args.rate, load_cpu))
-                time.sleep(1)
+        if oha:
+            measure_latency(oha, order, rnd, args, results, tmp)
+        for t in order:
+            r = results[t.name]
             t.rounds.append(r)
             print(
                 f"  {t.name:<9} {r['rps']:8.0f} req/s  proxy {fmt(r['proxy_us'], '5.1f')} us/req "
