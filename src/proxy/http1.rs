@@ -70,8 +70,9 @@ pub(super) fn serve(
         loop {
             // The next head must arrive within the header timeout of the connection being
             // ready or of the previous response being sent.
-            // Kept in milliseconds: 8 bytes of every idle connection's task, not 16.
-            let deadline_ms = clock::now_ms() + clock::millis(client.ctx.header_timeout);
+            // Kept in milliseconds: 8 bytes of every idle connection's task, not 16. From the
+            // coarse clock, which saves a precise read per request: a tick early at most.
+            let deadline_ms = clock::coarse_now_ms() + clock::millis(client.ctx.header_timeout);
             // Only `client` is kept across the waits below, no borrow of its parts: the task
             // of an idle connection stays small.
             let parsed = loop {
@@ -288,16 +289,21 @@ async fn one_request(client: &mut Client, head: RequestHead) -> Next {
     let (mut rd, mut wr) = stream.split();
     // Pinned where they are made: a move would copy these large futures.
     let mut exchange = std::pin::pin!(async {
-        let resp = ctx
+        let mut resp = ctx
             .worker
-            .handle(info, ServedBy::Own(ctx.wakeups.deadline(wake_key)), req)
+            .handle(
+                info,
+                ServedBy::Own(ctx.wakeups.deadline(wake_key)),
+                &mut req,
+            )
             .await;
-        write_response(&mut wr, resp, is_head, minor, client_keep_alive).await
+        write_response(&mut wr, &mut resp, is_head, minor, client_keep_alive).await
     });
     // The pump owns the body's sender: when it is done the upstream sees the end.
     let mut pumping = std::pin::pin!(async {
         match pump {
-            Some(p) => p.run(&mut rd, buf).await,
+            // Boxed: a bodiless request's future stays small.
+            Some(p) => Box::pin(p.run(&mut rd, buf)).await,
             None => true,
         }
     });
@@ -501,7 +507,7 @@ enum Out {
 
 async fn write_response(
     wr: &mut WriteHalf<'_>,
-    resp: Response<ProxyBody>,
+    resp: &mut Response<ProxyBody>,
     is_head: bool,
     client_minor: u8,
     client_keep_alive: bool,
@@ -513,74 +519,27 @@ async fn write_response(
     sent
 }
 
-/// Writes the response, gathering small writes in `out`.
+/// Writes the response, gathering small writes in `out`. Borrowed, not moved: a response is
+/// a few hundred bytes, and each future that owns it holds it twice.
 async fn write_response_with(
     wr: &mut WriteHalf<'_>,
-    resp: Response<ProxyBody>,
+    resp: &mut Response<ProxyBody>,
     is_head: bool,
     client_minor: u8,
     client_keep_alive: bool,
     out: &mut Vec<u8>,
 ) -> std::io::Result<Sent> {
-    let (mut parts, mut body) = resp.into_parts();
-    // An HTTP/1.1 upstream's fields, written as they came.
-    let upstream_fields = super::take_upstream_fields(&mut body);
-    let status = parts.status;
-    let mut keep_alive = client_keep_alive;
-    let out_framing = if status == StatusCode::SWITCHING_PROTOCOLS
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        Out::None
-    } else if parts.headers.contains_key(header::CONTENT_LENGTH)
-        || upstream_fields
-            .as_ref()
-            .is_some_and(UpstreamFields::has_content_length)
-    {
-        if is_head { Out::None } else { Out::Raw }
-    } else if let Some(n) = body.size_hint().exact() {
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        if is_head { Out::None } else { Out::Raw }
-    } else if is_head {
-        Out::None
-    } else if client_minor == 1 {
-        parts.headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        Out::Chunked
-    } else {
-        keep_alive = false;
-        Out::UntilClose
-    };
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if let Some(fields) = upstream_fields {
-        fields.write(out);
-    }
-    write_fields(&parts.headers, out);
-    spares::give_back_header_map(std::mem::take(&mut parts.headers));
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        out.extend_from_slice(b"\r\n");
+    let (out_framing, keep_alive) =
+        response_head(resp, is_head, client_minor, client_keep_alive, out);
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         wr.write_all(out).await?;
         wr.flush().await?;
-        return match parts.extensions.remove::<Tunnel>() {
+        return match resp.extensions_mut().remove::<Tunnel>() {
             Some(t) => Ok(Sent::Upgraded(t)),
             None => Err(std::io::Error::other("switched protocols without a tunnel")),
         };
     }
-    if !keep_alive {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if client_minor == 0 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    let body = resp.body_mut();
     if out_framing == Out::None {
         wr.write_all(out).await?;
         return Ok(Sent::Done { keep_alive });
@@ -636,6 +595,68 @@ async fn write_response_with(
         wr.write_all(out).await?;
     }
     Ok(Sent::Done { keep_alive })
+}
+
+/// Writes the status line and fields of `resp` to `out` (its field map goes back to the
+/// spares); how its body goes out, and whether the connection stays open after it.
+fn response_head(
+    resp: &mut Response<ProxyBody>,
+    is_head: bool,
+    client_minor: u8,
+    client_keep_alive: bool,
+    out: &mut Vec<u8>,
+) -> (Out, bool) {
+    // An HTTP/1.1 upstream's fields, written as they came.
+    let upstream_fields = super::take_upstream_fields(resp.body_mut());
+    let status = resp.status();
+    let mut keep_alive = client_keep_alive;
+    let out_framing = if status == StatusCode::SWITCHING_PROTOCOLS
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Out::None
+    } else if resp.headers().contains_key(header::CONTENT_LENGTH)
+        || upstream_fields
+            .as_ref()
+            .is_some_and(UpstreamFields::has_content_length)
+    {
+        if is_head { Out::None } else { Out::Raw }
+    } else if let Some(n) = resp.body().size_hint().exact() {
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        if is_head { Out::None } else { Out::Raw }
+    } else if is_head {
+        Out::None
+    } else if client_minor == 1 {
+        resp.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        Out::Chunked
+    } else {
+        keep_alive = false;
+        Out::UntilClose
+    };
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(fields) = upstream_fields {
+        fields.write(out);
+    }
+    write_fields(resp.headers(), out);
+    spares::give_back_header_map(std::mem::take(resp.headers_mut()));
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        if !keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if client_minor == 0 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    (out_framing, keep_alive)
 }
 
 /// Header or trailer fields, one `name: value` line each.

@@ -426,9 +426,11 @@ where
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let worker = worker.clone();
         let conn = conn.clone();
-        let req = req.map(body::RequestBody::Hyper);
+        let mut req = req.map(body::RequestBody::Hyper);
         async move {
-            let resp = worker.handle(&conn.0, ServedBy::Hyper(&conn.1), req).await;
+            let resp = worker
+                .handle(&conn.0, ServedBy::Hyper(&conn.1), &mut req)
+                .await;
             Ok::<_, Infallible>(upstream_fields_in_head(resp))
         }
     });

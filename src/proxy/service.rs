@@ -75,11 +75,13 @@ pub enum ServedBy<'a> {
 
 impl Worker {
     /// Relays one request; every failure turns into a plain response here and is counted.
+    /// The request is lent down to the upstream call, not moved: it is a few hundred bytes,
+    /// and every future that owned it would hold it twice and copy it on the way in.
     pub async fn handle(
         &self,
         conn: &ConnInfo,
         served_by: ServedBy<'_>,
-        req: Request<RequestBody>,
+        req: &mut Request<RequestBody>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let (busy, own_deadline) = match served_by {
@@ -105,7 +107,7 @@ impl Worker {
     async fn relay(
         &self,
         conn: &ConnInfo,
-        mut req: Request<RequestBody>,
+        req: &mut Request<RequestBody>,
         start: Instant,
         busy: Option<BusyGuard>,
         own_deadline: Option<Deadline<'_>>,
@@ -115,7 +117,7 @@ impl Worker {
             req.version() == HttpVersion::HTTP_11 && headers::is_upgrade_request(req.headers());
         let retryable = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
             && req.body().is_end_stream();
-        let target = self.target(&req, retryable, clock::ms_at(start))?;
+        let target = self.target(req, retryable, clock::ms_at(start))?;
         let stats = target.stats.clone();
         let fail = |e: ProxyError| (e, Some(stats.clone()));
         // Active until the response body ends or the tunnel closes: what a drain waits for.
@@ -133,7 +135,7 @@ impl Worker {
         } else {
             Leaving::Request(target.protocol)
         };
-        let forwarding = upstream_request(conn, &mut req, leaving, &target.endpoint);
+        let forwarding = upstream_request(conn, req, leaving, &target.endpoint);
         let (mut resp, endpoint) = self
             .send(
                 &target,
@@ -193,38 +195,43 @@ impl Worker {
     async fn send(
         &self,
         target: &Target,
-        mut up_req: Request<RequestBody>,
+        up_req: &mut Request<RequestBody>,
         forwarding: Option<&Forwarding<'_>>,
         leaving: Leaving,
         start: Instant,
         mut own_deadline: Option<Deadline<'_>>,
     ) -> Result<(Response<ResponseBody>, Arc<Endpoint>), ProxyError> {
         let mut endpoint = target.endpoint.clone();
-        // Only requests that may be retried pay for a copy of their head.
-        let mut retry_parts = None;
-        if target.retry_pool.is_some() {
-            let (parts, body) = up_req.into_parts();
-            retry_parts = Some(parts.clone());
-            up_req = Request::from_parts(parts, body);
-        }
+        // Only requests that may be retried pay for a copy of their head, kept boxed: the
+        // future of every request would otherwise carry room for it.
+        let mut retry_head = target
+            .retry_pool
+            .as_ref()
+            .map(|_| Box::new(head_copy(up_req)));
         // From the clock read the request started with; a retry gets a full timeout again.
         let mut deadline = tokio::time::Instant::from_std(start) + target.timeout;
         loop {
             let _in_flight = endpoint.begin();
             let addr = endpoint.addr;
             let upstreams = &self.upstreams;
-            // Pinned where it is made: the request's future is large, and a move copies it.
-            let sending = std::pin::pin!(async move {
-                match leaving {
-                    Leaving::Upgrade => Box::pin(upstreams.send_upgrade(addr, up_req)).await,
-                    Leaving::Request(protocol) => {
-                        upstreams.send(protocol, addr, up_req, forwarding).await
+            let sent = {
+                let req = &mut *up_req;
+                // Pinned where it is made: the request's future is large, and a move copies it.
+                let sending = std::pin::pin!(async move {
+                    match leaving {
+                        Leaving::Upgrade => {
+                            let req = std::mem::replace(req, Request::new(RequestBody::Empty));
+                            Box::pin(upstreams.send_upgrade(addr, req)).await
+                        }
+                        Leaving::Request(protocol) => {
+                            upstreams.send(protocol, addr, req, forwarding).await
+                        }
                     }
+                });
+                match own_deadline.as_mut() {
+                    Some(own) => within(own, clock::ms_at(deadline.into_std()), sending).await,
+                    None => tokio::time::timeout_at(deadline, sending).await.ok(),
                 }
-            });
-            let sent = match own_deadline.as_mut() {
-                Some(own) => within(own, clock::ms_at(deadline.into_std()), sending).await,
-                None => tokio::time::timeout_at(deadline, sending).await.ok(),
             };
             match sent {
                 Some(Ok(resp)) => return Ok((resp, endpoint)),
@@ -240,10 +247,10 @@ impl Worker {
                     target.stats.record_connect_error();
                     endpoint.record_failure(&target.passive, clock::now_ms());
                     // The request never left: a bodiless idempotent one may go to another endpoint once.
-                    let next = retry_parts
+                    let next = retry_head
                         .take()
                         .zip(target.retry_pool.as_deref())
-                        .and_then(|(parts, pool)| {
+                        .and_then(|(head, pool)| {
                             let others: Vec<_> = pool
                                 .iter()
                                 .filter(|e| !Arc::ptr_eq(e, &endpoint))
@@ -251,14 +258,14 @@ impl Worker {
                                 .collect();
                             pick_endpoint(&others, clock::now_ms())
                                 .cloned()
-                                .map(|next| (parts, next))
+                                .map(|next| (head, next))
                         });
-                    let Some((parts, next)) = next else {
+                    let Some((head, next)) = next else {
                         return Err(ProxyError::UpstreamUnreachable(endpoint.addr.to_string()));
                     };
                     tracing::debug!(from = %endpoint.addr, to = %next.addr, "connect failed, retrying on another endpoint");
                     endpoint = next;
-                    up_req = Request::from_parts(parts, RequestBody::Empty);
+                    *up_req = *head;
                     deadline = tokio::time::Instant::now() + target.timeout;
                 }
                 Some(Err(UpstreamError::Failed(cause))) => {
@@ -347,6 +354,16 @@ impl Worker {
             .await;
         });
     }
+}
+
+/// A bodiless copy of `req`'s method, target, version and fields, to send again.
+fn head_copy(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(RequestBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 /// The client's request as it goes upstream: hop-by-hop fields gone, forwarding fields

@@ -60,15 +60,18 @@ impl Upstreams {
         &self,
         protocol: UpstreamProtocol,
         endpoint: SocketAddr,
-        req: Request<UpstreamBody>,
+        req: &mut Request<UpstreamBody>,
         forwarding: Option<&Forwarding<'_>>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         match protocol {
             UpstreamProtocol::Http1 => H1Pool::send(&self.http1, endpoint, req, forwarding).await,
             // Boxed: the HTTP/1.1 request's future, moved on every request, stays small.
-            UpstreamProtocol::Http2 => Box::pin(self.http2.send(endpoint, req))
-                .await
-                .map(hyper_body),
+            UpstreamProtocol::Http2 => {
+                let req = std::mem::replace(req, Request::new(UpstreamBody::Empty));
+                Box::pin(self.http2.send(endpoint, req))
+                    .await
+                    .map(hyper_body)
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header;
@@ -25,6 +25,7 @@ use super::h1::{ChunkedDecoder, Decoded, Framing, ResponseHead, write_chunk_head
 use super::spares::{self, READ_SIZE};
 use super::upstream::{PoolSettings, UpstreamError, cause};
 use super::upstream_fields::UpstreamFields;
+use crate::clock;
 
 /// The largest response head an upstream may send.
 const MAX_HEAD: usize = 64 * 1024;
@@ -67,8 +68,9 @@ pub(super) struct H1Pool {
 #[derive(Default)]
 struct IdleConnections {
     /// A worker talks to few endpoints: a short list beats hashing.
-    by_endpoint: Vec<(SocketAddr, Vec<(Conn, Instant)>)>,
-    last_sweep: Option<Instant>,
+    /// Connections with the (coarse) millisecond each went idle.
+    by_endpoint: Vec<(SocketAddr, Vec<(Conn, u64)>)>,
+    last_sweep_ms: u64,
 }
 
 /// Why one exchange failed, and whether the request may go again on a fresh connection.
@@ -90,9 +92,10 @@ impl H1Pool {
     fn take(&self, endpoint: SocketAddr) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = &mut idle.by_endpoint.iter_mut().find(|(a, _)| *a == endpoint)?.1;
-        let now = Instant::now();
+        let now = clock::coarse_now_ms();
+        let timeout = clock::millis(self.settings.idle_timeout);
         while let Some((mut conn, since)) = list.pop() {
-            if now.duration_since(since) < self.settings.idle_timeout && conn.is_usable() {
+            if now.saturating_sub(since) < timeout && conn.is_usable() {
                 return Some(conn);
             }
         }
@@ -100,18 +103,15 @@ impl H1Pool {
     }
 
     fn put(&self, endpoint: SocketAddr, conn: Conn) {
-        let now = Instant::now();
+        let now = clock::coarse_now_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let timeout = self.settings.idle_timeout;
+        let timeout = clock::millis(self.settings.idle_timeout);
         // Now and then close connections idle too long everywhere, endpoints gone from the
         // route table included.
-        if idle
-            .last_sweep
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            idle.last_sweep = Some(now);
+        if now.saturating_sub(idle.last_sweep_ms) >= 1000 {
+            idle.last_sweep_ms = now;
             for (_, list) in &mut idle.by_endpoint {
-                list.retain(|(_, since)| now.duration_since(*since) < timeout);
+                list.retain(|(_, since)| now.saturating_sub(*since) < timeout);
             }
             idle.by_endpoint.retain(|(_, list)| !list.is_empty());
         }
@@ -138,10 +138,10 @@ impl H1Pool {
     pub(super) async fn send(
         this: &Arc<H1Pool>,
         endpoint: SocketAddr,
-        req: Request<RequestBody>,
+        req: &mut Request<RequestBody>,
         forwarding: Option<&Forwarding<'_>>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let (mut parts, mut body) = req.into_parts();
+        let mut body = std::mem::replace(req.body_mut(), RequestBody::Empty);
         // Connecting is boxed: the rare path keeps the common future small.
         let (mut conn, mut reused) = match this.take(endpoint) {
             Some(c) => (c, true),
@@ -149,10 +149,10 @@ impl H1Pool {
         };
         let mut head = std::mem::take(&mut conn.head);
         head.clear();
-        let chunked = encode_head(&parts, forwarding, &body, &mut head);
-        spares::give_back_header_map(std::mem::take(&mut parts.headers));
+        let chunked = encode_head(req, forwarding, &body, &mut head);
+        spares::give_back_header_map(std::mem::take(req.headers_mut()));
         loop {
-            match exchange(&mut conn, &head, &mut body, chunked, &parts.method).await {
+            match exchange(&mut conn, &head, &mut body, chunked, req.method()).await {
                 Ok(resp) => {
                     conn.head = head;
                     return Ok(respond(this, endpoint, conn, resp));
@@ -206,22 +206,22 @@ pub(super) async fn connect(
 /// Writes the request line and fields, the forwarding fields after the map's; true when the
 /// body goes chunked.
 fn encode_head(
-    parts: &http::request::Parts,
+    req: &Request<RequestBody>,
     forwarding: Option<&Forwarding<'_>>,
     body: &RequestBody,
     out: &mut Vec<u8>,
 ) -> bool {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    super::http1::write_fields(&parts.headers, out);
+    super::http1::write_fields(req.headers(), out);
     if let Some(forwarding) = forwarding {
         forwarding.write(out);
     }
     let mut chunked = false;
-    if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+    if !body.is_end_stream() && !req.headers().contains_key(header::CONTENT_LENGTH) {
         match body.size_hint().exact() {
             Some(n) => {
                 out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
@@ -258,7 +258,8 @@ async fn exchange(
     let mut write = std::pin::pin!(async {
         wr.write_all(head).await?;
         if !body.is_end_stream() {
-            send_body(&mut wr, body, chunked, &body_started).await?;
+            // Boxed: a bodiless request's future stays small.
+            Box::pin(send_body(&mut wr, body, chunked, &body_started)).await?;
         }
         Ok::<_, std::io::Error>(())
     });
