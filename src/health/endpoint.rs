@@ -66,10 +66,11 @@ impl Endpoint {
         self.in_flight.load(Relaxed)
     }
 
-    /// Counts a request as in flight until the guard drops.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
+    /// Counts a request as in flight until the guard drops. The guard borrows: a request
+    /// holds its endpoint anyway, and a clone would be two more atomic operations.
+    pub fn begin(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Relaxed);
-        InFlight(self.clone())
+        InFlight(self)
     }
 
     /// A response that was not a server error: the endpoint works.
@@ -114,9 +115,9 @@ impl Endpoint {
 }
 
 /// A request in flight on an endpoint; decrements the count on drop.
-pub struct InFlight(Arc<Endpoint>);
+pub struct InFlight<'a>(&'a Endpoint);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
     }

@@ -133,7 +133,7 @@ impl<'a> Forwarding<'a> {
         headers: &mut HeaderMap,
         peer: &'a Peer,
         tls: bool,
-        host: Option<&HeaderValue>,
+        host: Option<HeaderValue>,
     ) -> Forwarding<'a> {
         // One pass over the names; a removal is a hash lookup, made only for what is there.
         let present = headers
@@ -176,11 +176,7 @@ impl<'a> Forwarding<'a> {
             real_ip,
             proto: (kept & PROTO_BIT == 0)
                 .then(|| HeaderValue::from_static(if tls { "https" } else { "http" })),
-            host: if kept & HOST_BIT != 0 {
-                None
-            } else {
-                host.cloned()
-            },
+            host: if kept & HOST_BIT != 0 { None } else { host },
             request_id: (present & REQUEST_ID_BIT == 0).then(RequestId::new),
         }
     }
@@ -233,7 +229,7 @@ impl<'a> Forwarding<'a> {
 
 /// Sets the forwarding headers (see the module doc) and keeps or generates `x-request-id`.
 pub fn add_forwarding(headers: &mut HeaderMap, peer: &Peer, tls: bool, host: Option<&HeaderValue>) {
-    Forwarding::new(headers, peer, tls, host).insert_into(headers);
+    Forwarding::new(headers, peer, tls, host.cloned()).insert_into(headers);
 }
 
 /// Every `X-Forwarded-For` line's values in order, then `peer`, as one value.

@@ -135,6 +135,10 @@ enum Look {
 impl Client {
     fn look(&mut self, first: bool) -> Look {
         let buf = &self.buf;
+        // After each response, before the next request's bytes: nothing to parse yet.
+        if buf.is_empty() {
+            return Look::More;
+        }
         if first && buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
             // Maybe HTTP/2 with prior knowledge: wait for the whole preface.
             return Look::More;
@@ -285,9 +289,8 @@ async fn one_request(client: &mut Client, head: RequestHead) -> Next {
     {
         return Next::Gone;
     }
-    let has_body = pump.is_some();
     let (mut rd, mut wr) = stream.split();
-    // Pinned where they are made: a move would copy these large futures.
+    // Pinned where it is made: a move would copy this large future.
     let mut exchange = std::pin::pin!(async {
         let mut resp = ctx
             .worker
@@ -299,27 +302,30 @@ async fn one_request(client: &mut Client, head: RequestHead) -> Next {
             .await;
         write_response(&mut wr, &mut resp, is_head, minor, client_keep_alive).await
     });
-    // The pump owns the body's sender: when it is done the upstream sees the end.
-    let mut pumping = std::pin::pin!(async {
-        match pump {
-            // Boxed: a bodiless request's future stays small.
-            Some(p) => Box::pin(p.run(&mut rd, buf)).await,
-            None => true,
-        }
-    });
-    let mut body_read = !has_body;
-    let mut pump_over = !has_body;
-    let outcome = loop {
-        tokio::select! {
-            r = &mut exchange => break r,
-            done = &mut pumping, if !pump_over => {
-                pump_over = true;
-                body_read = done;
-            }
+    let (outcome, body_read) = match pump {
+        None => (exchange.await, true),
+        // The pump owns the body's sender: when it is done the upstream sees the end.
+        // Boxed: a bodiless request's future stays small.
+        Some(pump) => {
+            let mut pumping = Box::pin(pump.run(&mut rd, buf));
+            let mut body_read = false;
+            let mut pump_over = false;
+            let outcome = loop {
+                // Biased: both are polled each time anyway, and the order needs no random draw.
+                tokio::select! {
+                    biased;
+                    r = &mut exchange => break r,
+                    done = &mut pumping, if !pump_over => {
+                        pump_over = true;
+                        body_read = done;
+                    }
+                }
+            };
+            // A body the upstream did not wait for: the connection cannot be read further.
+            let body_read = body_read || (!pump_over && pumping.now_or_never().unwrap_or(false));
+            (outcome, body_read)
         }
     };
-    // A body the upstream did not wait for: the connection cannot be read further.
-    let body_read = body_read || (!pump_over && pumping.now_or_never().unwrap_or(false));
     match outcome {
         Ok(Sent::Done { keep_alive }) if keep_alive && body_read && !ctx.wakeups.is_stopping() => {
             Next::Another

@@ -118,7 +118,7 @@ impl Worker {
         let retryable = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
             && req.body().is_end_stream();
         let target = self.target(req, retryable, clock::ms_at(start))?;
-        let stats = target.stats.clone();
+        let stats = &target.stats;
         let fail = |e: ProxyError| (e, Some(stats.clone()));
         // Active until the response body ends or the tunnel closes: what a drain waits for.
         let active = stats.begin();
@@ -136,7 +136,7 @@ impl Worker {
             Leaving::Request(target.protocol)
         };
         let forwarding = upstream_request(conn, req, leaving, &target.endpoint);
-        let (mut resp, endpoint) = self
+        let (mut resp, retried) = self
             .send(
                 &target,
                 req,
@@ -147,6 +147,7 @@ impl Worker {
             )
             .await
             .map_err(fail)?;
+        let endpoint = retried.as_ref().unwrap_or(&target.endpoint);
 
         let status = resp.status();
         let end = Instant::now();
@@ -165,21 +166,7 @@ impl Worker {
                     "switched protocols unasked".into(),
                 )));
             }
-            let upstream = hyper::upgrade::on(&mut resp);
-            let (mut parts, _) = resp.into_parts();
-            match client_upgrade {
-                Some(client_side) => self.spawn_tunnel(client_side, upstream, active),
-                None => {
-                    parts.extensions.insert(Tunnel {
-                        upstream,
-                        active: Arc::new(active),
-                    });
-                }
-            }
-            return Ok(Response::from_parts(
-                parts,
-                Either::Right(Default::default()),
-            ));
+            return Ok(self.switched(resp, client_upgrade, active));
         }
         headers::strip_hop_by_hop(resp.headers_mut(), false);
         if let Some(cookie) = target.set_cookie {
@@ -190,8 +177,9 @@ impl Worker {
 
     /// Sends the request within the route's response timeout, to `target`'s endpoint; a
     /// request that never left (connect failed) and may be retried goes once to another
-    /// endpoint of the version. The response, and the endpoint that gave it. The timeout
-    /// is watched by the connection's wake-ups when it lends its deadline.
+    /// endpoint of the version. The response, and the endpoint a retry moved to (None: the
+    /// target's own; borrowed, not cloned, on the common path). The timeout is watched by
+    /// the connection's wake-ups when it lends its deadline.
     async fn send(
         &self,
         target: &Target,
@@ -200,8 +188,8 @@ impl Worker {
         leaving: Leaving,
         start: Instant,
         mut own_deadline: Option<Deadline<'_>>,
-    ) -> Result<(Response<ResponseBody>, Arc<Endpoint>), ProxyError> {
-        let mut endpoint = target.endpoint.clone();
+    ) -> Result<(Response<ResponseBody>, Option<Arc<Endpoint>>), ProxyError> {
+        let mut retried: Option<Arc<Endpoint>> = None;
         // Only requests that may be retried pay for a copy of their head, kept boxed: the
         // future of every request would otherwise carry room for it.
         let mut retry_head = target
@@ -211,7 +199,8 @@ impl Worker {
         // From the clock read the request started with; a retry gets a full timeout again.
         let mut deadline = tokio::time::Instant::from_std(start) + target.timeout;
         loop {
-            let _in_flight = endpoint.begin();
+            let endpoint = retried.as_ref().unwrap_or(&target.endpoint);
+            let in_flight = endpoint.begin();
             let addr = endpoint.addr;
             let upstreams = &self.upstreams;
             let sent = {
@@ -233,8 +222,9 @@ impl Worker {
                     None => tokio::time::timeout_at(deadline, sending).await.ok(),
                 }
             };
+            drop(in_flight);
             match sent {
-                Some(Ok(resp)) => return Ok((resp, endpoint)),
+                Some(Ok(resp)) => return Ok((resp, retried)),
                 None => {
                     endpoint.record_failure(&target.passive, clock::now_ms());
                     return Err(ProxyError::UpstreamTimeout(
@@ -253,7 +243,7 @@ impl Worker {
                         .and_then(|(head, pool)| {
                             let others: Vec<_> = pool
                                 .iter()
-                                .filter(|e| !Arc::ptr_eq(e, &endpoint))
+                                .filter(|e| !Arc::ptr_eq(e, endpoint))
                                 .cloned()
                                 .collect();
                             pick_endpoint(&others, clock::now_ms())
@@ -264,7 +254,7 @@ impl Worker {
                         return Err(ProxyError::UpstreamUnreachable(endpoint.addr.to_string()));
                     };
                     tracing::debug!(from = %endpoint.addr, to = %next.addr, "connect failed, retrying on another endpoint");
-                    endpoint = next;
+                    retried = Some(next);
                     *up_req = *head;
                     deadline = tokio::time::Instant::now() + target.timeout;
                 }
@@ -325,6 +315,30 @@ impl Worker {
         })
     }
 
+    /// The upstream's 101 to an upgrade request: a tunnel of its own for a hyper client
+    /// connection; for tidegate's own HTTP/1.1 loop, which runs it, `Tunnel` in the
+    /// response. Out of line: rare, and it keeps the common path's code short.
+    #[cold]
+    fn switched(
+        &self,
+        mut resp: Response<ResponseBody>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        active: ActiveGuard,
+    ) -> Response<ProxyBody> {
+        let upstream = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        match client_upgrade {
+            Some(client_side) => self.spawn_tunnel(client_side, upstream, active),
+            None => {
+                parts.extensions.insert(Tunnel {
+                    upstream,
+                    active: Arc::new(active),
+                });
+            }
+        }
+        Response::from_parts(parts, Either::Right(Default::default()))
+    }
+
     /// Copies bytes both ways between the upgraded client and upstream connections until
     /// either side closes (or the version is removed after its drain timeout); counted by the
     /// drain tracker so shutdown waits for it.
@@ -372,7 +386,8 @@ fn head_copy(req: &Request<RequestBody>) -> Request<RequestBody> {
 /// Either way the connection is picked by endpoint.
 /// Changed in place: a request is a few hundred bytes, and every move copies them.
 /// The forwarding fields are in the map when hyper sends the request; tidegate's own
-/// HTTP/1.1 upstream path writes them after the map's fields (returned).
+/// HTTP/1.1 upstream path writes them after the map's fields (returned), and the path of
+/// the target as it stands (an absolute-form target's included), so its URI is left alone.
 fn upstream_request<'a>(
     conn: &'a ConnInfo,
     req: &mut Request<RequestBody>,
@@ -381,21 +396,33 @@ fn upstream_request<'a>(
 ) -> Option<Forwarding<'a>> {
     let upgrade = matches!(leaving, Leaving::Upgrade);
     let protocol = leaving.protocol();
-    let host = req.headers().get(header::HOST).cloned().or_else(|| {
+    // The Host field, or else the absolute-form target's authority: what the upstream is
+    // told the client asked for (HTTP/1.1 Host, HTTP/2 :authority, X-Forwarded-Host).
+    let authority = if req.headers().contains_key(header::HOST) {
+        None
+    } else {
         req.uri()
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    };
     let headers = req.headers_mut();
     headers::strip_hop_by_hop(headers, upgrade);
     headers.remove(header::EXPECT);
-    let fields = Forwarding::new(headers, &conn.peer, conn.tls, host.as_ref());
+    if let Some(a) = authority {
+        headers.insert(header::HOST, a);
+    }
+    let host = headers.get(header::HOST).cloned();
+    let fields = Forwarding::new(headers, &conn.peer, conn.tls, host);
     let forwarding = if upgrade || protocol == UpstreamProtocol::Http2 {
         fields.insert_into(headers);
         None
     } else {
         Some(fields)
     };
+    if let Leaving::Request(UpstreamProtocol::Http1) = leaving {
+        *req.version_mut() = HttpVersion::HTTP_11;
+        return forwarding;
+    }
     // Taken, not cloned: a clone of a freshly parsed URI allocates.
     let path = std::mem::take(req.uri_mut())
         .into_parts()
@@ -404,18 +431,13 @@ fn upstream_request<'a>(
     let uri = match protocol {
         UpstreamProtocol::Http1 => {
             *req.version_mut() = HttpVersion::HTTP_11;
-            if let Some(h) = &host
-                && !req.headers().contains_key(header::HOST)
-            {
-                req.headers_mut().insert(header::HOST, h.clone());
-            }
             Uri::from(path)
         }
         UpstreamProtocol::Http2 => {
             *req.version_mut() = HttpVersion::HTTP_2;
-            req.headers_mut().remove(header::HOST);
-            let authority = host
-                .as_ref()
+            let authority = req
+                .headers_mut()
+                .remove(header::HOST)
                 .and_then(|h| Authority::try_from(h.as_bytes()).ok())
                 .unwrap_or_else(|| endpoint.authority.clone());
             let mut uri = http::uri::Parts::default();

@@ -68,11 +68,33 @@ impl UpstreamFields {
         self.has_content_length
     }
 
-    /// Writes the passed fields, one `name: value` line each.
+    /// Writes the passed fields in the order they came. Runs of lines that end in CRLF go
+    /// out as they came, in one copy each (most responses drop one field at most); a line
+    /// ending in a bare LF, or with an empty value, is written anew as `name: value`.
     pub fn write(&self, out: &mut Vec<u8>) {
-        for (name, value) in self.passed() {
-            write_field(name, value, out);
+        let head = &self.head[..];
+        // Bytes of passed lines not yet written.
+        let mut run = 0..0;
+        for (i, f) in self.fields.iter().enumerate() {
+            if self.dropped & (1 << i) != 0 {
+                continue;
+            }
+            let start = f.name.start as usize;
+            match crlf_line_end(head, f) {
+                Some(end) => {
+                    if run.end != start {
+                        out.extend_from_slice(&head[run]);
+                        run = start..start;
+                    }
+                    run.end = end;
+                }
+                None => {
+                    out.extend_from_slice(&head[std::mem::take(&mut run)]);
+                    write_field(f.name.of(head), f.value.of(head), out);
+                }
+            }
         }
+        out.extend_from_slice(&head[run]);
     }
 
     /// The passed fields put before those of `added` (what tidegate adds, Set-Cookie...).
@@ -92,6 +114,19 @@ impl UpstreamFields {
         }
         map
     }
+}
+
+/// Where `f`'s line ends (past its LF) when it has a value and ends in CRLF.
+fn crlf_line_end(head: &[u8], f: &Field) -> Option<usize> {
+    if f.value.is_empty() {
+        return None;
+    }
+    let end = f.value.end as usize;
+    let rest = &head[end..];
+    let lf = rest.iter().position(|&b| b == b'\n')?;
+    let crlf =
+        lf > 0 && rest[lf - 1] == b'\r' && rest[..lf - 1].iter().all(|&b| b == b' ' || b == b'\t');
+    crlf.then_some(end + lf + 1)
 }
 
 impl Drop for UpstreamFields {
@@ -138,6 +173,18 @@ mod tests {
         assert_eq!(cookies, ["a=1", "b=2", "canary=v2"]);
         assert_eq!(map["content-length"], "2");
         assert!(!map.contains_key("x-secret") && !map.contains_key("connection"));
+    }
+
+    #[test]
+    fn lines_go_on_byte_for_byte_and_bare_lf_or_empty_values_are_written_anew() {
+        let f = fields(
+            "HTTP/1.1 200 OK\r\nX-A:1\r\nX-B:  two  \r\nConnection: close\r\nX-C: 3\n\
+             X-D:\r\nX-E: 5\r\n\r\n",
+        );
+        assert_eq!(
+            written(&f),
+            "X-A:1\r\nX-B:  two  \r\nX-C: 3\r\nX-D: \r\nX-E: 5\r\n"
+        );
     }
 
     #[test]

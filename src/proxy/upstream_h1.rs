@@ -252,6 +252,32 @@ async fn exchange(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
+    // Most requests are a head alone, which the socket takes at once: then there is only
+    // the response to wait for.
+    let mut head = head;
+    if body.is_end_stream() {
+        match conn.stream.try_write(head) {
+            Ok(n) if n == head.len() => {
+                let (mut rd, _) = conn.stream.split();
+                let method = method.as_str().as_bytes();
+                return match read_head(&mut rd, &mut conn.buf, method).await {
+                    Ok(head) => Ok((head, true)),
+                    Err((cause, nothing_read)) => Err(ExchangeError {
+                        cause,
+                        resend: nothing_read && idempotent,
+                    }),
+                };
+            }
+            Ok(n) => head = &head[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                return Err(ExchangeError {
+                    cause: e.to_string(),
+                    resend: true,
+                });
+            }
+        }
+    }
     let (mut rd, mut wr) = conn.stream.split();
     let body_started = AtomicBool::new(false);
     // Pinned where they are made: a move would copy them.
