@@ -325,3 +325,54 @@ async fn an_answer_before_the_upload_ends_reaches_the_client_and_closes_its_conn
     assert!(answer.ends_with("too big\n"), "{answer}");
     proxy.process.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_goes_upstream_as_its_path_with_the_site_as_host() {
+    // The backend answers with the head it received as the body.
+    let backend = scripted(|mut c, _| async move {
+        while let Some(head) = c.head().await {
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}",
+                head.len()
+            );
+            c.send(answer.as_bytes()).await;
+        }
+    })
+    .await;
+    let proxy = TestProxy::start(&config(backend.addr)).await;
+    let addr = proxy.addr();
+    let upstream_head = |request: &'static str| async move {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        within(request, s.read_to_end(&mut answer))
+            .await
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        body.to_ascii_lowercase()
+    };
+
+    let head = upstream_head(
+        "GET http://shop.example/b?x=1 HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("get /b?x=1 http/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nhost: shop.example\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nx-forwarded-host: shop.example\r\n"),
+        "{head}"
+    );
+    assert!(!head.contains("connection: close"), "hop-by-hop: {head}");
+
+    // HTTP/1.0 needs no Host: the target's authority becomes the upstream's Host.
+    let head = upstream_head("GET http://shop.example/c HTTP/1.0\r\n\r\n").await;
+    assert!(head.starts_with("get /c http/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nhost: shop.example\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nx-forwarded-host: shop.example\r\n"),
+        "{head}"
+    );
+    proxy.process.shutdown().await;
+}

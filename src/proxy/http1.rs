@@ -201,7 +201,98 @@ impl Client {
 /// connection back when it waits for another request.
 async fn after_head(mut client: Client, parsed: Result<RequestHead, HeadError>) -> Option<Client> {
     let next = match parsed {
-        Ok(head) => one_request(&mut client, head).await,
+        // One request, from its parsed head to its response's last byte; the connection's
+        // deadline keeps the response timeout meanwhile. Written out here, not called: an
+        // async fn's future is made and then copied into this one's, on every request.
+        Ok(head) => 'request: {
+            let Client {
+                stream,
+                ctx: ConnSlot(ctx, wake_key),
+                buf,
+                info,
+            } = &mut client;
+            let info = &**info;
+            let head_bytes = buf.split_to(head.len).freeze();
+            let Some(mut req) = request(&head, &head_bytes) else {
+                ctx.worker.metrics.count_error(ErrorKind::BadRequest);
+                break 'request Next::Refuse(400, "bad request: invalid request head".into());
+            };
+            drop(head_bytes);
+            let is_head = req.method() == Method::HEAD;
+            let remaining = match head.framing() {
+                Framing::Empty | Framing::UntilClose => None,
+                Framing::Length(n) => Some(Remaining::Length(n)),
+                Framing::Chunked => Some(Remaining::Chunked(Box::new(ChunkedDecoder::new(
+                    4096,
+                    ctx.worker.max_header_bytes,
+                )))),
+            };
+            let pump = remaining.map(|remaining| {
+                let (pump, rx) = BodyPump::new(remaining);
+                *req.body_mut() = RequestBody::Streamed(rx);
+                pump
+            });
+            // The client waits for this before sending its body.
+            let send_continue = pump.is_some() && head.expect_continue && buf.is_empty();
+            let (client_keep_alive, minor) = (head.keep_alive, head.minor_version);
+            spares::give_back_field_list(head.fields);
+            if send_continue
+                && stream
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .is_err()
+            {
+                break 'request Next::Gone;
+            }
+            let (mut rd, mut wr) = stream.split();
+            // Pinned where it is made: a move would copy this large future.
+            let mut exchange = std::pin::pin!(async {
+                let mut resp = ctx
+                    .worker
+                    .handle(
+                        info,
+                        ServedBy::Own(ctx.wakeups.deadline(wake_key)),
+                        &mut req,
+                    )
+                    .await;
+                write_response(&mut wr, &mut resp, is_head, minor, client_keep_alive).await
+            });
+            let (outcome, body_read) = match pump {
+                None => (exchange.await, true),
+                // The pump owns the body's sender: when it is done the upstream sees the end.
+                // Boxed: a bodiless request's future stays small.
+                Some(pump) => {
+                    let mut pumping = Box::pin(pump.run(&mut rd, buf));
+                    let mut body_read = false;
+                    let mut pump_over = false;
+                    let outcome = loop {
+                        // Biased: both are polled each time anyway, and the order needs no random draw.
+                        tokio::select! {
+                            biased;
+                            r = &mut exchange => break r,
+                            done = &mut pumping, if !pump_over => {
+                                pump_over = true;
+                                body_read = done;
+                            }
+                        }
+                    };
+                    // A body the upstream did not wait for: the connection cannot be read further.
+                    let body_read =
+                        body_read || (!pump_over && pumping.now_or_never().unwrap_or(false));
+                    (outcome, body_read)
+                }
+            };
+            match outcome {
+                Ok(Sent::Done { keep_alive })
+                    if keep_alive && body_read && !ctx.wakeups.is_stopping() =>
+                {
+                    Next::Another
+                }
+                Ok(Sent::Done { .. }) => Next::Close,
+                Ok(Sent::Upgraded(tunnel)) => Next::Tunnel(tunnel),
+                Err(_) => Next::Gone,
+            }
+        }
         Err(e) => {
             let kind = match e {
                 HeadError::TooLarge(_) => ErrorKind::HeaderTooLarge,
@@ -245,95 +336,6 @@ enum Next {
     Gone,
     /// Relay the upgraded connection.
     Tunnel(Tunnel),
-}
-
-/// One request, from its parsed head to its response's last byte; the connection's deadline
-/// keeps the response timeout meanwhile.
-async fn one_request(client: &mut Client, head: RequestHead) -> Next {
-    let Client {
-        stream,
-        ctx: ConnSlot(ctx, wake_key),
-        buf,
-        info,
-    } = client;
-    let info = &**info;
-    let head_bytes = buf.split_to(head.len).freeze();
-    let Some(mut req) = request(&head, &head_bytes) else {
-        ctx.worker.metrics.count_error(ErrorKind::BadRequest);
-        return Next::Refuse(400, "bad request: invalid request head".into());
-    };
-    drop(head_bytes);
-    let is_head = req.method() == Method::HEAD;
-    let remaining = match head.framing() {
-        Framing::Empty | Framing::UntilClose => None,
-        Framing::Length(n) => Some(Remaining::Length(n)),
-        Framing::Chunked => Some(Remaining::Chunked(Box::new(ChunkedDecoder::new(
-            4096,
-            ctx.worker.max_header_bytes,
-        )))),
-    };
-    let pump = remaining.map(|remaining| {
-        let (pump, rx) = BodyPump::new(remaining);
-        *req.body_mut() = RequestBody::Streamed(rx);
-        pump
-    });
-    // The client waits for this before sending its body.
-    let send_continue = pump.is_some() && head.expect_continue && buf.is_empty();
-    let (client_keep_alive, minor) = (head.keep_alive, head.minor_version);
-    spares::give_back_field_list(head.fields);
-    if send_continue
-        && stream
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .is_err()
-    {
-        return Next::Gone;
-    }
-    let (mut rd, mut wr) = stream.split();
-    // Pinned where it is made: a move would copy this large future.
-    let mut exchange = std::pin::pin!(async {
-        let mut resp = ctx
-            .worker
-            .handle(
-                info,
-                ServedBy::Own(ctx.wakeups.deadline(wake_key)),
-                &mut req,
-            )
-            .await;
-        write_response(&mut wr, &mut resp, is_head, minor, client_keep_alive).await
-    });
-    let (outcome, body_read) = match pump {
-        None => (exchange.await, true),
-        // The pump owns the body's sender: when it is done the upstream sees the end.
-        // Boxed: a bodiless request's future stays small.
-        Some(pump) => {
-            let mut pumping = Box::pin(pump.run(&mut rd, buf));
-            let mut body_read = false;
-            let mut pump_over = false;
-            let outcome = loop {
-                // Biased: both are polled each time anyway, and the order needs no random draw.
-                tokio::select! {
-                    biased;
-                    r = &mut exchange => break r,
-                    done = &mut pumping, if !pump_over => {
-                        pump_over = true;
-                        body_read = done;
-                    }
-                }
-            };
-            // A body the upstream did not wait for: the connection cannot be read further.
-            let body_read = body_read || (!pump_over && pumping.now_or_never().unwrap_or(false));
-            (outcome, body_read)
-        }
-    };
-    match outcome {
-        Ok(Sent::Done { keep_alive }) if keep_alive && body_read && !ctx.wakeups.is_stopping() => {
-            Next::Another
-        }
-        Ok(Sent::Done { .. }) => Next::Close,
-        Ok(Sent::Upgraded(tunnel)) => Next::Tunnel(tunnel),
-        Err(_) => Next::Gone,
-    }
 }
 
 /// What ended a wait for the next bytes of a head.
@@ -511,6 +513,8 @@ enum Out {
     UntilClose,
 }
 
+/// Writes the response, gathering small writes in a spare buffer. Borrowed, not moved: a
+/// response is a few hundred bytes, and each future that owns it holds it twice.
 async fn write_response(
     wr: &mut WriteHalf<'_>,
     resp: &mut Response<ProxyBody>,
@@ -518,23 +522,8 @@ async fn write_response(
     client_minor: u8,
     client_keep_alive: bool,
 ) -> std::io::Result<Sent> {
-    let mut out = spares::write_buffer();
-    let sent =
-        write_response_with(wr, resp, is_head, client_minor, client_keep_alive, &mut out).await;
-    spares::give_back_write_buffer(out);
-    sent
-}
-
-/// Writes the response, gathering small writes in `out`. Borrowed, not moved: a response is
-/// a few hundred bytes, and each future that owns it holds it twice.
-async fn write_response_with(
-    wr: &mut WriteHalf<'_>,
-    resp: &mut Response<ProxyBody>,
-    is_head: bool,
-    client_minor: u8,
-    client_keep_alive: bool,
-    out: &mut Vec<u8>,
-) -> std::io::Result<Sent> {
+    let mut out = spares::WriteBuffer::take();
+    let out: &mut Vec<u8> = &mut out;
     let (out_framing, keep_alive) =
         response_head(resp, is_head, client_minor, client_keep_alive, out);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -51,6 +51,19 @@ pub struct Tunnel {
     pub active: Arc<ActiveGuard>,
 }
 
+/// Why a request is answered by tidegate, and the version it counts against if it got that far.
+type Refusal = (ProxyError, Option<Arc<VersionStats>>);
+
+/// A request ready to leave: where it goes and how, decided before the await.
+struct Prepared<'c> {
+    target: Target,
+    forwarding: Option<Forwarding<'c>>,
+    leaving: Leaving,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// Active until the response body ends or the tunnel closes: what a drain waits for.
+    active: ActiveGuard,
+}
+
 /// Everything decided while the route table was loaded; the table guard is gone after this.
 struct Target {
     endpoint: Arc<Endpoint>,
@@ -91,7 +104,25 @@ impl Worker {
             ),
             ServedBy::Own(deadline) => (None, Some(deadline)),
         };
-        match self.relay(conn, req, start, busy, own_deadline).await {
+        // Decided and finished by plain functions around the one await: each async layer
+        // would be a future made and copied into its caller's on every request.
+        let relayed = match self.prepare(conn, req, start) {
+            Ok(p) => {
+                let sent = self
+                    .send(
+                        &p.target,
+                        req,
+                        p.forwarding.as_ref(),
+                        p.leaving,
+                        start,
+                        own_deadline,
+                    )
+                    .await;
+                self.finish(p, sent, start, busy)
+            }
+            Err(e) => Err(e),
+        };
+        match relayed {
             Ok(resp) => resp,
             Err((err, stats)) => {
                 self.metrics.count_error(err.kind());
@@ -104,25 +135,21 @@ impl Worker {
         }
     }
 
-    async fn relay(
+    /// Checks the request, picks route, version and endpoint, and rewrites it for the way
+    /// it leaves.
+    fn prepare<'c>(
         &self,
-        conn: &ConnInfo,
+        conn: &'c ConnInfo,
         req: &mut Request<RequestBody>,
         start: Instant,
-        busy: Option<BusyGuard>,
-        own_deadline: Option<Deadline<'_>>,
-    ) -> Result<Response<ProxyBody>, (ProxyError, Option<Arc<VersionStats>>)> {
+    ) -> Result<Prepared<'c>, Refusal> {
         headers::check_request_head(req.headers(), self.max_header_bytes).map_err(|e| (e, None))?;
         let upgrade =
             req.version() == HttpVersion::HTTP_11 && headers::is_upgrade_request(req.headers());
         let retryable = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
             && req.body().is_end_stream();
         let target = self.target(req, retryable, clock::ms_at(start))?;
-        let stats = &target.stats;
-        let fail = |e: ProxyError| (e, Some(stats.clone()));
-        // Active until the response body ends or the tunnel closes: what a drain waits for.
-        let active = stats.begin();
-
+        let active = target.stats.begin();
         // hyper's connections hand over the client side of an upgrade in the request;
         // tidegate's own HTTP/1.1 loop runs the tunnel itself (`Tunnel` in the response).
         let client_upgrade = if upgrade {
@@ -136,17 +163,33 @@ impl Worker {
             Leaving::Request(target.protocol)
         };
         let forwarding = upstream_request(conn, req, leaving, &target.endpoint);
-        let (mut resp, retried) = self
-            .send(
-                &target,
-                req,
-                forwarding.as_ref(),
-                leaving,
-                start,
-                own_deadline,
-            )
-            .await
-            .map_err(fail)?;
+        Ok(Prepared {
+            target,
+            forwarding,
+            leaving,
+            client_upgrade,
+            active,
+        })
+    }
+
+    /// Counts the upstream's answer (or failure) and makes the client's response of it.
+    fn finish(
+        &self,
+        p: Prepared<'_>,
+        sent: Result<(Response<ResponseBody>, Option<Arc<Endpoint>>), ProxyError>,
+        start: Instant,
+        busy: Option<BusyGuard>,
+    ) -> Result<Response<ProxyBody>, Refusal> {
+        let Prepared {
+            target,
+            leaving,
+            client_upgrade,
+            active,
+            ..
+        } = p;
+        let stats = &target.stats;
+        let fail = |e: ProxyError| (e, Some(stats.clone()));
+        let (mut resp, retried) = sent.map_err(fail)?;
         let endpoint = retried.as_ref().unwrap_or(&target.endpoint);
 
         let status = resp.status();
@@ -160,7 +203,7 @@ impl Worker {
         stats.record_at(status.as_u16(), end.duration_since(start), end_ms);
 
         if status == StatusCode::SWITCHING_PROTOCOLS {
-            if !upgrade {
+            if !matches!(leaving, Leaving::Upgrade) {
                 return Err(fail(ProxyError::UpstreamFailed(
                     endpoint.addr.to_string(),
                     "switched protocols unasked".into(),
@@ -212,8 +255,13 @@ impl Worker {
                             let req = std::mem::replace(req, Request::new(RequestBody::Empty));
                             Box::pin(upstreams.send_upgrade(addr, req)).await
                         }
-                        Leaving::Request(protocol) => {
-                            upstreams.send(protocol, addr, req, forwarding).await
+                        Leaving::Request(UpstreamProtocol::Http1) => {
+                            upstreams.send_http1(addr, req, forwarding).await
+                        }
+                        // Boxed: the HTTP/1.1 request's future stays small.
+                        Leaving::Request(UpstreamProtocol::Http2) => {
+                            let req = std::mem::replace(req, Request::new(RequestBody::Empty));
+                            Box::pin(upstreams.send_http2(addr, req)).await
                         }
                     }
                 });
@@ -272,7 +320,7 @@ impl Worker {
         req: &Request<RequestBody>,
         retryable: bool,
         now_ms: u64,
-    ) -> Result<Target, (ProxyError, Option<Arc<VersionStats>>)> {
+    ) -> Result<Target, Refusal> {
         let table = self.routes.load();
         let host = req
             .headers()

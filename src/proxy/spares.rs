@@ -156,17 +156,41 @@ pub fn give_back_header_map(mut map: HeaderMap) {
     }
 }
 
-/// An empty buffer to gather a message's bytes in before a write.
-pub fn write_buffer() -> Vec<u8> {
-    WRITE_BUFFERS
-        .with(Spares::take)
-        .unwrap_or_else(|| Vec::with_capacity(512))
+/// An empty buffer to gather a message's bytes in before a write, given back to the spares
+/// when dropped, however its writer ends.
+pub struct WriteBuffer(Vec<u8>);
+
+impl WriteBuffer {
+    pub fn take() -> WriteBuffer {
+        WriteBuffer(
+            WRITE_BUFFERS
+                .with(Spares::take)
+                .unwrap_or_else(|| Vec::with_capacity(512)),
+        )
+    }
 }
 
-pub fn give_back_write_buffer(mut out: Vec<u8>) {
-    if out.capacity() <= WRITE_KEPT {
-        out.clear();
-        WRITE_BUFFERS.with(|s| s.keep(out));
+impl std::ops::Deref for WriteBuffer {
+    type Target = Vec<u8>;
+
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WriteBuffer {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl Drop for WriteBuffer {
+    fn drop(&mut self) {
+        let mut out = std::mem::take(&mut self.0);
+        if out.capacity() <= WRITE_KEPT {
+            out.clear();
+            WRITE_BUFFERS.with(|s| s.keep(out));
+        }
     }
 }
 
@@ -262,10 +286,17 @@ mod tests {
 
     #[test]
     fn a_write_buffer_grown_by_a_large_body_is_not_kept() {
-        let mut out = write_buffer();
+        let mut out = WriteBuffer::take();
         out.extend_from_slice(&[b'x'; WRITE_KEPT * 4]);
-        give_back_write_buffer(out);
-        let next = write_buffer();
+        drop(out);
+        let next = WriteBuffer::take();
         assert!(next.is_empty() && next.capacity() <= WRITE_KEPT);
+        let place = next.as_ptr();
+        drop(next);
+        assert_eq!(
+            WriteBuffer::take().as_ptr(),
+            place,
+            "a small one comes back for the next response"
+        );
     }
 }

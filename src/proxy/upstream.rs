@@ -15,7 +15,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use super::body::ResponseBody;
 use super::forwarding::Forwarding;
 use super::upstream_h1::{self, H1Pool};
-use crate::proxy_config::UpstreamProtocol;
 
 /// Body sent upstream: the client's, streamed, or an empty one for a retried bodiless request.
 pub type UpstreamBody = super::body::RequestBody;
@@ -53,26 +52,26 @@ impl Upstreams {
         }
     }
 
-    /// Sends `req` to `endpoint`. For HTTP/1.1 the URI must be in origin form (the `Host`
-    /// header names the site); for HTTP/2 its authority becomes `:authority`.
-    #[inline]
-    pub async fn send(
-        &self,
-        protocol: UpstreamProtocol,
+    /// Sends `req` to `endpoint` over a pooled HTTP/1.1 connection, its head written from
+    /// the URI's path and its fields (the `Host` field names the site). A plain function: the
+    /// pool's future is awaited by the caller with no layer between.
+    pub fn send_http1<'a>(
+        &'a self,
         endpoint: SocketAddr,
-        req: &mut Request<UpstreamBody>,
-        forwarding: Option<&Forwarding<'_>>,
+        req: &'a mut Request<UpstreamBody>,
+        forwarding: Option<&'a Forwarding<'a>>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, UpstreamError>> + Send + 'a {
+        H1Pool::send(&self.http1, endpoint, req, forwarding)
+    }
+
+    /// Sends `req` to `endpoint` over its h2c connection; the URI's authority becomes
+    /// `:authority`.
+    pub async fn send_http2(
+        &self,
+        endpoint: SocketAddr,
+        req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        match protocol {
-            UpstreamProtocol::Http1 => H1Pool::send(&self.http1, endpoint, req, forwarding).await,
-            // Boxed: the HTTP/1.1 request's future, moved on every request, stays small.
-            UpstreamProtocol::Http2 => {
-                let req = std::mem::replace(req, Request::new(UpstreamBody::Empty));
-                Box::pin(self.http2.send(endpoint, req))
-                    .await
-                    .map(hyper_body)
-            }
-        }
+        self.http2.send(endpoint, req).await.map(hyper_body)
     }
 
     /// Sends an HTTP/1.1 upgrade request on a connection of its own; hyper hands over the

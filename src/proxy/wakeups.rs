@@ -33,23 +33,15 @@ struct State {
     sweeper: Option<Waker>,
 }
 
-/// Where a connection's waker is kept, and what is kept there; given back with
-/// `Wakeups::forget`.
+/// Where a connection's waker is kept; given back with `Wakeups::forget`. Eight bytes, and
+/// it is part of every idle connection's task: a few more would move the task into the next
+/// 128-byte size of tokio's cells.
 #[derive(Default)]
-pub(super) struct WakeKey {
-    slot: Option<u32>,
-    /// The deadline kept in the slot, and the identity of the waker kept with it.
-    kept_ms: u64,
-    kept_waker: (usize, usize),
-}
+pub(super) struct WakeKey(Option<u32>);
 
 /// How far the kernel's coarse clock may lag the precise one, in `clock`'s milliseconds: a
 /// tick (10 ms at most: HZ >= 100) and a millisecond between the two clocks' zeros.
 const COARSE_LAG_MS: u64 = 20;
-
-fn waker_id(w: &Waker) -> (usize, usize) {
-    (w.data() as usize, w.vtable() as *const _ as usize)
-}
 
 /// What ended a connection's wait.
 #[derive(Debug, PartialEq)]
@@ -88,27 +80,12 @@ impl Wakeups {
         }
         // Far from the deadline by the coarse clock, a connection is not past it by the
         // precise one (which the sweep reads) either: the precise read is only paid near it.
-        let surely_before = clock::coarse_now_ms() + COARSE_LAG_MS;
-        if surely_before >= deadline_ms && clock::now_ms() >= deadline_ms {
+        if clock::coarse_now_ms() + COARSE_LAG_MS >= deadline_ms && clock::now_ms() >= deadline_ms {
             return Poll::Ready(Wake::Expired);
-        }
-        // A deadline kept already that is no later than this one and not yet due, with this
-        // task's waker: the sweep wakes the task in time (early at worst, and it then keeps
-        // its own deadline). A request and the wait for the next one then take no lock; the
-        // kept deadline is renewed once it is near.
-        let me = waker_id(cx.waker());
-        if key.slot.is_some()
-            && key.kept_ms <= deadline_ms
-            && key.kept_ms > surely_before
-            && key.kept_waker == me
-        {
-            return Poll::Pending;
         }
         {
             let mut state = self.lock();
-            key.kept_ms = deadline_ms;
-            key.kept_waker = me;
-            match key.slot.and_then(|k| state.waiting.get_mut(k as usize)) {
+            match key.0.and_then(|k| state.waiting.get_mut(k as usize)) {
                 Some((waker, deadline)) => {
                     if !waker.will_wake(cx.waker()) {
                         *waker = cx.waker().clone();
@@ -116,7 +93,7 @@ impl Wakeups {
                     *deadline = deadline_ms;
                 }
                 None => {
-                    key.slot = Some(state.waiting.insert((cx.waker().clone(), deadline_ms)) as u32)
+                    key.0 = Some(state.waiting.insert((cx.waker().clone(), deadline_ms)) as u32)
                 }
             }
             if deadline_ms < state.sweep_at {
@@ -137,7 +114,7 @@ impl Wakeups {
 
     /// Drops the waker kept under `key`, if any.
     pub fn forget(&self, key: &mut WakeKey) {
-        if let Some(k) = key.slot.take() {
+        if let Some(k) = key.0.take() {
             self.lock().waiting.try_remove(k as usize);
         }
     }
@@ -311,43 +288,6 @@ mod tests {
         assert_eq!(wakeups.sweep_once(late_at - 2), late_at - 2 + SWEEP_GAP_MS);
         assert_eq!(wakeups.sweep_once(late_at), u64::MAX);
         assert_eq!(woken(&late), 1);
-    }
-
-    #[test]
-    fn a_later_deadline_leaves_the_kept_one_and_another_waker_replaces_it() {
-        let wakeups = Wakeups::default();
-        let ((a, wa), (b, wb)) = (counter(), counter());
-        let mut key = WakeKey::default();
-        let now = clock::now_ms();
-        let kept = |w: &Wakeups, key: &WakeKey| w.lock().waiting[key.slot.unwrap() as usize].1;
-        let (cx_a, cx_b) = (Context::from_waker(&wa), Context::from_waker(&wb));
-        assert!(
-            wakeups
-                .poll(&mut key, now + 60_000, true, &cx_a)
-                .is_pending()
-        );
-        // The next request's later deadline: the kept one wakes the task early at worst.
-        assert!(
-            wakeups
-                .poll(&mut key, now + 120_000, true, &cx_a)
-                .is_pending()
-        );
-        assert_eq!(kept(&wakeups, &key), now + 60_000);
-        // An earlier deadline, or another waker, is kept anew.
-        assert!(
-            wakeups
-                .poll(&mut key, now + 30_000, true, &cx_a)
-                .is_pending()
-        );
-        assert_eq!(kept(&wakeups, &key), now + 30_000);
-        assert!(
-            wakeups
-                .poll(&mut key, now + 90_000, true, &cx_b)
-                .is_pending()
-        );
-        assert_eq!(kept(&wakeups, &key), now + 90_000);
-        wakeups.sweep_once(now + 90_000);
-        assert_eq!((woken(&a), woken(&b)), (0, 1));
     }
 
     #[test]
