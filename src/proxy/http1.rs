@@ -246,7 +246,7 @@ async fn after_head(mut client: Client, parsed: Result<RequestHead, HeadError>) 
             }
             let (mut rd, mut wr) = stream.split();
             // Pinned where it is made: a move would copy this large future.
-            let mut exchange = std::pin::pin!(async {
+            let exchange = std::pin::pin!(async {
                 let mut resp = ctx
                     .worker
                     .handle(
@@ -259,28 +259,8 @@ async fn after_head(mut client: Client, parsed: Result<RequestHead, HeadError>) 
             });
             let (outcome, body_read) = match pump {
                 None => (exchange.await, true),
-                // The pump owns the body's sender: when it is done the upstream sees the end.
                 // Boxed: a bodiless request's future stays small.
-                Some(pump) => {
-                    let mut pumping = Box::pin(pump.run(&mut rd, buf));
-                    let mut body_read = false;
-                    let mut pump_over = false;
-                    let outcome = loop {
-                        // Biased: both are polled each time anyway, and the order needs no random draw.
-                        tokio::select! {
-                            biased;
-                            r = &mut exchange => break r,
-                            done = &mut pumping, if !pump_over => {
-                                pump_over = true;
-                                body_read = done;
-                            }
-                        }
-                    };
-                    // A body the upstream did not wait for: the connection cannot be read further.
-                    let body_read =
-                        body_read || (!pump_over && pumping.now_or_never().unwrap_or(false));
-                    (outcome, body_read)
-                }
+                Some(pump) => Box::pin(with_body(exchange, pump, &mut rd, buf)).await,
             };
             match outcome {
                 Ok(Sent::Done { keep_alive })
@@ -322,6 +302,34 @@ async fn after_head(mut client: Client, parsed: Result<RequestHead, HeadError>) 
         }
     }
     None
+}
+
+/// Runs `exchange` while `pump` relays the request body; the outcome, and whether the body
+/// was read to its end (else the connection cannot be read further). The pump owns the
+/// body's sender: when it is done the upstream sees the end.
+async fn with_body<F: Future>(
+    mut exchange: Pin<&mut F>,
+    pump: BodyPump,
+    rd: &mut ReadHalf<'_>,
+    buf: &mut BytesMut,
+) -> (F::Output, bool) {
+    let mut pumping = std::pin::pin!(pump.run(rd, buf));
+    let mut body_read = false;
+    let mut pump_over = false;
+    let outcome = loop {
+        // Biased: both are polled each time anyway, and the order needs no random draw.
+        tokio::select! {
+            biased;
+            r = &mut exchange => break r,
+            done = &mut pumping, if !pump_over => {
+                pump_over = true;
+                body_read = done;
+            }
+        }
+    };
+    // A body the upstream did not wait for: the connection cannot be read further.
+    let body_read = body_read || (!pump_over && pumping.now_or_never().unwrap_or(false));
+    (outcome, body_read)
 }
 
 /// What a connection does after a request.

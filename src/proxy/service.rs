@@ -467,9 +467,11 @@ fn upstream_request<'a>(
     } else {
         Some(fields)
     };
-    if let Leaving::Request(UpstreamProtocol::Http1) = leaving {
+    if protocol == UpstreamProtocol::Http1 {
         *req.version_mut() = HttpVersion::HTTP_11;
-        return forwarding;
+        if !upgrade {
+            return forwarding;
+        }
     }
     // Taken, not cloned: a clone of a freshly parsed URI allocates.
     let path = std::mem::take(req.uri_mut())
@@ -477,10 +479,8 @@ fn upstream_request<'a>(
         .path_and_query
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let uri = match protocol {
-        UpstreamProtocol::Http1 => {
-            *req.version_mut() = HttpVersion::HTTP_11;
-            Uri::from(path)
-        }
+        // An upgrade, sent by hyper, which writes the URI as it is: origin form.
+        UpstreamProtocol::Http1 => Uri::from(path),
         UpstreamProtocol::Http2 => {
             *req.version_mut() = HttpVersion::HTTP_2;
             let authority = req

@@ -253,30 +253,14 @@ async fn exchange(
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
     // Most requests are a head alone, which the socket takes at once: then there is only
-    // the response to wait for.
+    // the response to wait for. What it did not take (or a failure) goes the common way.
     let mut head = head;
-    if body.is_end_stream() {
-        match conn.stream.try_write(head) {
-            Ok(n) if n == head.len() => {
-                let (mut rd, _) = conn.stream.split();
-                let method = method.as_str().as_bytes();
-                return match read_head(&mut rd, &mut conn.buf, method).await {
-                    Ok(head) => Ok((head, true)),
-                    Err((cause, nothing_read)) => Err(ExchangeError {
-                        cause,
-                        resend: nothing_read && idempotent,
-                    }),
-                };
-            }
-            Ok(n) => head = &head[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                return Err(ExchangeError {
-                    cause: e.to_string(),
-                    resend: true,
-                });
-            }
-        }
+    let mut sent = false;
+    if body.is_end_stream()
+        && let Ok(n) = conn.stream.try_write(head)
+    {
+        head = &head[n..];
+        sent = head.is_empty();
     }
     let (mut rd, mut wr) = conn.stream.split();
     let body_started = AtomicBool::new(false);
@@ -294,15 +278,18 @@ async fn exchange(
         &mut conn.buf,
         method.as_str().as_bytes()
     ));
-    let mut sent = false;
-    let result = loop {
-        tokio::select! {
-            biased;
-            r = &mut write, if !sent => match r {
-                Ok(()) => sent = true,
-                Err(e) => break Err((e.to_string(), true)),
-            },
-            r = &mut read => break r,
+    let result = if sent {
+        read.await
+    } else {
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut write, if !sent => match r {
+                    Ok(()) => sent = true,
+                    Err(e) => break Err((e.to_string(), true)),
+                },
+                r = &mut read => break r,
+            }
         }
     };
     result
