@@ -1,5 +1,7 @@
 //! The one rescue point: typed proxy errors and the plain responses they turn into.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,13 +17,14 @@ pub enum ProxyError {
     #[error("no route matches this request")]
     NoRoute,
     #[error("no healthy endpoint for version `{0}`")]
-    NoHealthyUpstream(String),
+    NoHealthyUpstream(Arc<str>),
     #[error("upstream {0} is unreachable")]
-    UpstreamUnreachable(String),
+    UpstreamUnreachable(SocketAddr),
     #[error("upstream {0} did not answer within {1:?}")]
-    UpstreamTimeout(String, Duration),
+    UpstreamTimeout(SocketAddr, Duration),
+    /// The endpoint, and what went wrong on its connection.
     #[error("upstream {0} failed: {1}")]
-    UpstreamFailed(String, String),
+    UpstreamFailed(SocketAddr, String),
     #[error("request header fields are larger than {0} bytes")]
     HeaderTooLarge(usize),
     #[error("bad request: {0}")]

@@ -205,7 +205,7 @@ impl Worker {
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if !matches!(leaving, Leaving::Upgrade) {
                 return Err(fail(ProxyError::UpstreamFailed(
-                    endpoint.addr.to_string(),
+                    endpoint.addr,
                     "switched protocols unasked".into(),
                 )));
             }
@@ -275,10 +275,7 @@ impl Worker {
                 Some(Ok(resp)) => return Ok((resp, retried)),
                 None => {
                     endpoint.record_failure(&target.passive, clock::now_ms());
-                    return Err(ProxyError::UpstreamTimeout(
-                        endpoint.addr.to_string(),
-                        target.timeout,
-                    ));
+                    return Err(ProxyError::UpstreamTimeout(endpoint.addr, target.timeout));
                 }
                 Some(Err(UpstreamError::Connect(cause))) => {
                     tracing::debug!(endpoint = %endpoint.addr, %cause, "upstream connect failed");
@@ -299,7 +296,7 @@ impl Worker {
                                 .map(|next| (head, next))
                         });
                     let Some((head, next)) = next else {
-                        return Err(ProxyError::UpstreamUnreachable(endpoint.addr.to_string()));
+                        return Err(ProxyError::UpstreamUnreachable(endpoint.addr));
                     };
                     tracing::debug!(from = %endpoint.addr, to = %next.addr, "connect failed, retrying on another endpoint");
                     retried = Some(next);
@@ -308,7 +305,7 @@ impl Worker {
                 }
                 Some(Err(UpstreamError::Failed(cause))) => {
                     endpoint.record_failure(&target.passive, clock::now_ms());
-                    return Err(ProxyError::UpstreamFailed(endpoint.addr.to_string(), cause));
+                    return Err(ProxyError::UpstreamFailed(endpoint.addr, cause));
                 }
             }
         }
@@ -334,7 +331,7 @@ impl Worker {
         let version = &route.versions[index];
         let Some(endpoint) = pick_endpoint(&version.endpoints, now_ms) else {
             return Err((
-                ProxyError::NoHealthyUpstream(version.name.to_string()),
+                ProxyError::NoHealthyUpstream(version.name.clone()),
                 Some(version.stats.clone()),
             ));
         };
