@@ -198,10 +198,10 @@ impl Config {
     }
 
     fn parse_as(text: &str, file: &Path, mode: Mode) -> Result<Config, ConfigError> {
-        let syntax = |e: serde_yaml::Error| syntax_error(text, file, e);
+        let syntax = |e: yaml_serde::Error| syntax_error(text, file, e);
         // The control side's sections first: that parse knows every key of the file.
-        let control: ControlSections = serde_yaml::from_str(text).map_err(syntax)?;
-        let mut proxy: ProxyConfig = serde_yaml::from_str(text).map_err(syntax)?;
+        let control: ControlSections = yaml_serde::from_str(text).map_err(syntax)?;
+        let mut proxy: ProxyConfig = yaml_serde::from_str(text).map_err(syntax)?;
         let mut rollouts = BTreeMap::new();
         for (route, sections) in proxy.routes.iter_mut().zip(control.routes) {
             if let Some(spec) = sections.rollout {
@@ -286,9 +286,9 @@ pub fn route_follows(route: &mut crate::proxy_config::RouteConfig, spec: &Rollou
 }
 
 /// A serde error as file:line: field: message.
-fn syntax_error(text: &str, file: &Path, e: serde_yaml::Error) -> ConfigError {
+fn syntax_error(text: &str, file: &Path, e: yaml_serde::Error) -> ConfigError {
     let message = e.to_string();
-    // serde_yaml prefixes the field path ("routes[0].versions[1]: ...") and appends
+    // yaml_serde prefixes the field path ("routes[0].versions[1]: ...") and appends
     // " at line N column M"; split them so the error reads file:line: field: message.
     let (field, rest) = match message.split_once(": ") {
         Some((path, rest)) if !path.contains(' ') => (path.to_string(), rest.to_string()),

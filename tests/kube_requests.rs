@@ -72,7 +72,7 @@ async fn scripted(answers: Vec<serde_json::Value>) -> (Client, tokio::task::Join
             let body = if bytes.is_empty() {
                 serde_json::Value::Null
             } else if content_type.contains("yaml") {
-                serde_yaml::from_slice(&bytes).expect("yaml body")
+                yaml_serde::from_slice(&bytes).expect("yaml body")
             } else {
                 serde_json::from_slice(&bytes).expect("json body")
             };

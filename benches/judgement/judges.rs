@@ -129,7 +129,7 @@ pub struct EngineJudge {
 
 impl EngineJudge {
     pub fn new(metrics: &str) -> EngineJudge {
-        let spec: RolloutSpec = serde_yaml::from_str(&spec(metrics)).expect("bench spec parses");
+        let spec: RolloutSpec = yaml_serde::from_str(&spec(metrics)).expect("bench spec parses");
         spec.validate(&["v1", "v2"]).expect("bench spec is valid");
         EngineJudge {
             spec,

@@ -259,7 +259,7 @@ mod tests {
     use super::*;
 
     fn metric(yaml: &str) -> BuiltinMetric {
-        serde_yaml::from_str(yaml).expect("builtin metric parses")
+        yaml_serde::from_str(yaml).expect("builtin metric parses")
     }
 
     fn stats(name: &str) -> VersionStats {

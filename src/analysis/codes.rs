@@ -33,9 +33,9 @@ impl std::fmt::Display for ErrorCode {
 impl<'de> Deserialize<'de> for ErrorCode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // Numbers (`503`) and strings (`"5xx"`) alike.
-        let text = match serde_yaml::Value::deserialize(d)? {
-            serde_yaml::Value::Number(n) => n.to_string(),
-            serde_yaml::Value::String(s) => s,
+        let text = match yaml_serde::Value::deserialize(d)? {
+            yaml_serde::Value::Number(n) => n.to_string(),
+            yaml_serde::Value::String(s) => s,
             other => format!("{other:?}"),
         };
         ErrorCode::parse(&text).ok_or_else(|| {
@@ -62,7 +62,7 @@ mod tests {
         assert_eq!(ErrorCode::parse(" 429 "), Some(ErrorCode::Code(429)));
         assert_eq!(ErrorCode::parse("6xx"), None);
         assert_eq!(ErrorCode::parse("599"), None, "not counted one by one");
-        let codes: Vec<ErrorCode> = serde_yaml::from_str("[5xx, 429, \"503\"]").unwrap();
+        let codes: Vec<ErrorCode> = yaml_serde::from_str("[5xx, 429, \"503\"]").unwrap();
         assert_eq!(
             codes,
             [
@@ -72,10 +72,10 @@ mod tests {
             ]
         );
         assert_eq!(
-            serde_yaml::to_string(&codes).unwrap(),
+            yaml_serde::to_string(&codes).unwrap(),
             "- 5xx\n- '429'\n- '503'\n"
         );
-        let bad = serde_yaml::from_str::<Vec<ErrorCode>>("[5xx, 600]").unwrap_err();
+        let bad = yaml_serde::from_str::<Vec<ErrorCode>>("[5xx, 600]").unwrap_err();
         assert!(
             bad.to_string().contains("`600` is not a status class"),
             "{bad}"

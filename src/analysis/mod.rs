@@ -190,7 +190,7 @@ mod tests {
             unix_offset_ms: 0,
         };
         let b: spec::BuiltinMetric =
-            serde_yaml::from_str("{metric: errorRate, window: 2s}").expect("metric");
+            yaml_serde::from_str("{metric: errorRate, window: 2s}").expect("metric");
         let early = 13_300;
         let (reading, _) = measure_window(&b, Some(3), &ctx, early - 400);
         assert!(matches!(reading, Reading::NoData(_)), "{reading:?}");

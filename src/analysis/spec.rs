@@ -33,7 +33,7 @@ pub struct BackgroundAnalysis {
 pub struct MetricSpec {
     pub name: String,
     // A one-key map (`builtin: {...}`), not a YAML tag.
-    #[serde(with = "serde_yaml::with::singleton_map")]
+    #[serde(with = "yaml_serde::with::singleton_map")]
     #[schemars(with = "ProviderSpec")]
     pub provider: ProviderSpec,
     /// Time between measurements.

@@ -73,7 +73,7 @@ pub fn rollout_of(
                 }
             }
             let spec: RolloutSpec =
-                serde_yaml::from_str(yaml).map_err(|e| bad(ROLLOUT, e.to_string()))?;
+                yaml_serde::from_str(yaml).map_err(|e| bad(ROLLOUT, e.to_string()))?;
             spec.validate_for_cluster()
                 .map_err(|(field, message)| bad(ROLLOUT, format!("{field}: {message}")))?;
             spec
@@ -125,7 +125,7 @@ impl Judge {
     /// Errors and p99 against stable, by the sequential judge.
     fn metrics(&self, count: Option<u32>) -> Vec<MetricSpec> {
         let metric = |name: &str, provider: String| -> MetricSpec {
-            let mut m: MetricSpec = serde_yaml::from_str(&format!(
+            let mut m: MetricSpec = yaml_serde::from_str(&format!(
                 "{{name: {name}, interval: 1s, provider: {{builtin: {provider}}}}}"
             ))
             .unwrap_or_else(|e| unreachable!("the short form's metric parses: {e}"));
@@ -158,7 +158,7 @@ impl Judge {
 /// `10,pause:2m,25,analysis,50,pause`: weights in percent, `pause` (for `promote`) or
 /// `pause:DURATION`, `analysis` or `analysis:DURATION`. The judge watches throughout.
 fn short_form(steps: &str, judge: &Judge) -> Result<RolloutSpec, AnnotationError> {
-    let mut spec: RolloutSpec = serde_yaml::from_str("{}")
+    let mut spec: RolloutSpec = yaml_serde::from_str("{}")
         .unwrap_or_else(|e| unreachable!("an empty rollout spec parses: {e}"));
     for (i, item) in steps.split(',').enumerate() {
         let item = item.trim();

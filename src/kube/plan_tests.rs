@@ -9,7 +9,7 @@ use crate::kube::crd::{CommandRequest, RolloutResourceSpec};
 const SEC: u64 = 1000;
 
 fn spec() -> RolloutResourceSpec {
-    serde_yaml::from_str(
+    yaml_serde::from_str(
         r#"
 workloadRef: {name: shop}
 steps:
@@ -515,7 +515,7 @@ fn commands_are_handled_once_and_refused_with_a_reason() {
 fn transitions_users_are_told_of_go_to_the_webhook_as_in_local_mode() {
     let mut c = Cluster::new();
     c.spec.strategy.notify =
-        serde_yaml::from_str("{webhook: 'http://hooks.example/tidegate'}").ok();
+        yaml_serde::from_str("{webhook: 'http://hooks.example/tidegate'}").ok();
     c.look();
     c.new_template("t2");
     c.settle(SEC);

@@ -9,7 +9,7 @@ use crate::rollout::status::{PauseReason, Phase};
 const SEC: u64 = 1000;
 
 fn spec(yaml: &str) -> RolloutSpec {
-    serde_yaml::from_str(yaml).expect("spec parses")
+    yaml_serde::from_str(yaml).expect("spec parses")
 }
 
 const STEPS: &str = r#"

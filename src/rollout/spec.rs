@@ -22,7 +22,7 @@ pub struct RolloutSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable: Option<String>,
     // Steps are one-key maps (`setWeight: 10`), not YAML tags.
-    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
+    #[serde(default, with = "yaml_serde::with::singleton_map_recursive")]
     #[schemars(with = "Vec<Step>")]
     pub steps: Vec<Step>,
     /// Analysis running through the rollout, from `startingStep` on.

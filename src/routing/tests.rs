@@ -22,7 +22,7 @@ routes:
 "#;
 
 fn table() -> (Arc<TablePublisher>, RouteReader) {
-    let config: ProxyConfig = serde_yaml::from_str(CONFIG).unwrap();
+    let config: ProxyConfig = yaml_serde::from_str(CONFIG).unwrap();
     config.validate("127.0.0.1:9901".parse().unwrap()).unwrap();
     TablePublisher::new(
         config,
