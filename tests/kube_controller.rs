@@ -4,7 +4,9 @@
 //! that follows the status at once). It adopts and pauses the Deployment, drives a rollout
 //! through its steps with every status recorded, and a new controller taking over after the
 //! first died resumes mid-step with the pause's timer intact; of two controllers only the
-//! leader touches anything.
+//! leader touches anything. The status carries the generation it was computed from and the
+//! usual conditions; a spec a cluster cannot honour is refused with its field and starts
+//! nothing until fixed.
 
 mod kube_support;
 
@@ -17,9 +19,9 @@ use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube_support::sim::{FollowingFleet, SimCluster, SimWorkloads};
-use tidegate::kube::Rollout;
 use tidegate::kube::controller::{self, Context};
 use tidegate::kube::leader::{Leadership, LeaseTiming};
+use tidegate::kube::{Rollout, RolloutResourceStatus};
 use tidegate::rollout::{EventKind, Phase};
 use tokio::task::JoinHandle;
 
@@ -110,6 +112,14 @@ async fn nudge(rollouts: &Api<Rollout>, n: u32) {
         .expect("nudge");
 }
 
+/// A condition's status and reason, if the status has it.
+fn condition(st: &RolloutResourceStatus, kind: &str) -> Option<(String, String, String)> {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_drives_a_rollout_and_a_successor_resumes_mid_step() {
     let (client, ns, rollouts) = setup("drive").await;
@@ -139,6 +149,24 @@ async fn the_controller_drives_a_rollout_and_a_successor_resumes_mid_step() {
     assert!(
         cluster.get().deployment.paused,
         "the Deployment does not roll"
+    );
+    // The usual Kubernetes conditions and the generation the status was computed from.
+    let shop = rollouts.get("shop").await.expect("the Rollout");
+    let st = shop.status.expect("a status");
+    assert_eq!(st.observed_generation, shop.metadata.generation);
+    let state = |kind| condition(&st, kind).map(|(status, reason, _)| (status, reason));
+    assert_eq!(
+        state("Progressing"),
+        Some(("True".into(), "Progressing".into()))
+    );
+    assert_eq!(
+        state("Available"),
+        Some(("True".into(), "PodsAvailable".into()))
+    );
+    assert_eq!(state("InvalidSpec"), Some(("False".into(), "Valid".into())));
+    assert_eq!(
+        state("Aborted"),
+        Some(("False".into(), "NotAborted".into()))
     );
 
     // The controller dies in the pause; another takes over once the lease runs out.
@@ -212,6 +240,85 @@ async fn the_controller_drives_a_rollout_and_a_successor_resumes_mid_step() {
         );
     }
     second.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_that_is_not_for_a_cluster_is_refused_and_changes_nothing_until_fixed() {
+    let (client, ns, rollouts) = setup("invalid").await;
+    let cluster = SimCluster::new("t1", 10);
+    let controller = start(&client, &ns, "a", &cluster).await;
+    eventually("adoption", async || {
+        let st = rollouts.get("shop").await.ok()?.status?;
+        (st.stable_template.as_deref() == Some("t1")).then_some(())
+    })
+    .await;
+
+    // A field of local mode's spec that the CRD's schema takes but a cluster cannot honour,
+    // and a new template: no rollout may start while the spec is refused.
+    let spec = |delay: serde_json::Value| serde_json::json!({"spec": {"scaleDownDelay": delay}});
+    rollouts
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(&spec("30s".into())),
+        )
+        .await
+        .expect("the bad spec is stored: the schema cannot tell");
+    cluster.new_template("t2");
+    let (shop, message) = eventually("InvalidSpec", async || {
+        let shop = rollouts.get("shop").await.ok()?;
+        let st = shop.status.as_ref()?;
+        let (status, reason, message) = condition(st, "InvalidSpec")?;
+        (status == "True" && reason == "InvalidSpec").then_some((shop.clone(), message))
+    })
+    .await;
+    assert!(
+        message.starts_with("spec.scaleDownDelay: not for a Kubernetes rollout"),
+        "{message}"
+    );
+    let st = shop.status.expect("a status");
+    assert_eq!(st.observed_generation, shop.metadata.generation);
+    assert_eq!(
+        st.rollout.as_ref().map_or(0, |r| r.canary_weight),
+        0,
+        "no step taken"
+    );
+    assert!(
+        cluster.get().canary.is_none(),
+        "no canary for a refused spec"
+    );
+    // The Event follows the status write.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    eventually("a Warning Event saying why", async || {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("InvalidSpec")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.note.as_deref() == Some(message.as_str())
+            })
+            .then_some(())
+    })
+    .await;
+
+    // Fixed: the condition clears and the new template's rollout starts.
+    rollouts
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(&spec(serde_json::Value::Null)),
+        )
+        .await
+        .expect("the fix");
+    eventually("the rollout to start once the spec is fixed", async || {
+        let st = rollouts.get("shop").await.ok()?.status?;
+        let valid = condition(&st, "InvalidSpec").is_some_and(|(status, ..)| status == "False");
+        let started = st.rollout.is_some_and(|r| r.canary_weight == 2000);
+        (valid && started && cluster.get().canary.is_some()).then_some(())
+    })
+    .await;
+    controller.task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

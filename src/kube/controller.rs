@@ -235,6 +235,8 @@ pub async fn reconcile(
             &message,
             now,
         );
+        // Seen and refused: the generation is observed, and nothing else of the status moves.
+        st.observed_generation = rollout.metadata.generation;
         write_status(&ctx, &api, &rollout, st).await?;
         publish(&ctx, &rollout, true, "InvalidSpec", message).await;
         return Ok(Requeue::await_change());
