@@ -1,13 +1,20 @@
 //! The exact requests tidegate makes of the Kubernetes API where their shape matters, against
 //! a scripted API server (tower-test): the pause touches only `spec.paused` by a merge patch;
 //! `<name>-canary` and the Services go by server-side apply under tidegate's field manager,
-//! owned by the Rollout; the status is applied on the status subresource.
+//! owned by the Rollout; the status is applied on the status subresource, before the
+//! Event that tells of the transition.
+
+mod kube_support;
+
+use std::sync::Arc;
 
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use kube::Client;
 use kube::client::Body;
+use kube_support::sim::{FollowingFleet, SimCluster, SimWorkloads};
 use tidegate::kube::Rollout;
+use tidegate::kube::controller::{self, Context};
 use tidegate::kube::workloads::{KubeWorkloads, Workloads};
 use tower_test::mock;
 
@@ -168,4 +175,61 @@ async fn the_canary_and_services_are_applied_under_tidegates_field_manager_owned
         canary_service.body["spec"]["selector"]["tidegate.dev/track"],
         "canary"
     );
+}
+
+#[tokio::test]
+async fn the_status_is_applied_on_its_subresource_under_the_controllers_field_manager() {
+    // The API server here serves Rollouts and Events; the Deployment and Services are the
+    // simulated cluster, which makes no request.
+    let event = serde_json::json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "e", "namespace": "prod"}, "eventTime": null});
+    let mut seen_rollout = serde_json::to_value(rollout()).expect("rollout");
+    seen_rollout["metadata"]["generation"] = 4.into();
+    let (client, server) = scripted(vec![seen_rollout.clone(), event]).await;
+    let cluster = SimCluster::new("t1", 4);
+    let (_leading, leads) = tokio::sync::watch::channel(true);
+    let ctx = Context::new(
+        client,
+        SimWorkloads::new(&cluster),
+        Arc::new(FollowingFleet),
+        "controller-a",
+        leads,
+    );
+    let rollout: Rollout = serde_json::from_value(seen_rollout).expect("rollout");
+    controller::reconcile(Arc::new(rollout), ctx)
+        .await
+        .expect("adoption");
+    let seen = server.await.expect("server");
+
+    let status = &seen[0];
+    assert_eq!(status.method, Method::PATCH);
+    assert_eq!(
+        status.path_and_query,
+        "/apis/tidegate.dev/v1alpha1/namespaces/prod/rollouts/shop/status?&force=true&fieldManager=tidegate-controller"
+    );
+    assert_eq!(status.content_type, "application/apply-patch+yaml");
+    let b = &status.body;
+    assert_eq!(b["apiVersion"], "tidegate.dev/v1alpha1");
+    assert_eq!(b["kind"], "Rollout");
+    assert!(b.get("spec").is_none(), "the status alone: {b}");
+    assert_eq!(b["status"]["observedGeneration"], 4);
+    assert_eq!(b["status"]["stableTemplate"], "t1");
+    assert!(
+        cluster.get().deployment.paused,
+        "and the Deployment adopted"
+    );
+
+    let event = &seen[1];
+    assert_eq!(event.method, Method::POST);
+    assert_eq!(
+        event.path_and_query,
+        "/apis/events.k8s.io/v1/namespaces/prod/events?"
+    );
+    let e = &event.body;
+    assert_eq!(e["reason"], "Adopted");
+    assert_eq!(e["type"], "Normal");
+    assert_eq!(e["regarding"]["kind"], "Rollout");
+    assert_eq!(e["regarding"]["name"], "shop");
+    assert_eq!(e["reportingController"], "tidegate-controller");
+    assert_eq!(e["reportingInstance"], "controller-a");
 }
