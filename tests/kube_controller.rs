@@ -4,7 +4,8 @@
 //! that follows the status at once). It adopts and pauses the Deployment, drives a rollout
 //! through its steps with every status recorded, and a new controller taking over after the
 //! first died resumes mid-step with the pause's timer intact; of two controllers only the
-//! leader touches anything. The status carries the generation it was computed from and the
+//! leader touches anything, and a leader that lost its lease stops touching anything until it
+//! leads again. The status carries the generation it was computed from and the
 //! usual conditions; a spec a cluster cannot honour is refused with its field and starts
 //! nothing until fixed.
 
@@ -346,6 +347,71 @@ async fn of_two_controllers_only_the_leader_touches_anything() {
     );
     a.task.abort();
     b.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_stops_at_once_and_acts_again_only_when_it_leads_again() {
+    let (client, ns, rollouts) = setup("deposed").await;
+    let cluster = SimCluster::new("t1", 4);
+    let a = start(&client, &ns, "a", &cluster).await;
+    eventually("adoption", async || {
+        cluster.get().deployment.paused.then_some(())
+    })
+    .await;
+
+    // Someone else holds the lease and keeps renewing it.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let intruder = tokio::spawn(async move {
+        loop {
+            if let Ok(mut lease) = leases.get("tidegate-controller").await {
+                let spec = lease.spec.get_or_insert_with(Default::default);
+                spec.holder_identity = Some("intruder".into());
+                spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                    k8s_openapi::jiff::Timestamp::now(),
+                ));
+                let _ = leases
+                    .replace("tidegate-controller", &PostParams::default(), &lease)
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    eventually("the leader to hear it lost the lease", async || {
+        (!a.ctx.leads_now()).then_some(())
+    })
+    .await;
+
+    // A new template, and looks longer than the lease: a leader would start a rollout.
+    let calls = a.workloads.calls.load(Ordering::SeqCst);
+    let before = rollouts.get("shop").await.expect("the Rollout").status;
+    cluster.new_template("t2");
+    for n in 0..15 {
+        nudge(&rollouts, n).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        a.workloads.calls.load(Ordering::SeqCst),
+        calls,
+        "the deposed controller touched the cluster"
+    );
+    assert_eq!(
+        rollouts.get("shop").await.expect("the Rollout").status,
+        before,
+        "the deposed controller wrote the status"
+    );
+    assert!(cluster.get().canary.is_none());
+
+    // The intruder goes away: once its hold runs out the controller leads and acts again.
+    intruder.abort();
+    eventually(
+        "the rollout to start under the regained lease",
+        async || {
+            let r = rollouts.get("shop").await.ok()?.status?.rollout?;
+            (r.canary_weight == 2000 && cluster.get().canary.is_some()).then_some(())
+        },
+    )
+    .await;
+    a.task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
