@@ -93,7 +93,7 @@ async fn setup(name: &str) -> (Client, String, Api<Rollout>) {
         "metadata": {"name": "shop"},
         "spec": {
             "workloadRef": {"name": "shop"},
-            "steps": [{"setWeight": 20}, {"pause": {"duration": "5s"}}, {"setWeight": 50}, {"pause": {}}],
+            "steps": [{"setWeight": 20}, {"pause": {"duration": "10s"}}, {"setWeight": 50}, {"pause": {}}],
         },
     }))
     .expect("rollout");
@@ -173,6 +173,25 @@ async fn the_controller_drives_a_rollout_and_a_successor_resumes_mid_step() {
     // The controller dies in the pause; another takes over once the lease runs out.
     first.task.abort();
     let second = start(&client, &ns, "b", &cluster).await;
+    // Its first look keeps the pause's start. A look observes the cluster, plans, then
+    // writes the status: a second look begun means the first one's write is done.
+    eventually("the successor's first look", async || {
+        (second.workloads.calls.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    nudge(&rollouts, 2).await;
+    eventually("the successor's second look", async || {
+        (second.workloads.calls.load(Ordering::SeqCst) > 1).then_some(())
+    })
+    .await;
+    let looked = rollouts.get("shop").await.expect("the Rollout");
+    let record = looked.status.and_then(|s| s.rollout).expect("a record");
+    if record.step == at_20.step {
+        assert_eq!(
+            record.step_started_at, at_20.step_started_at,
+            "the successor kept the pause's start"
+        );
+    }
     let at_50 = eventually("the pause to end and the next step", async || {
         let r = rollouts.get("shop").await.ok()?.status?.rollout?;
         let sized = cluster.get().canary.map(|c| c.replicas) == Some(5);
@@ -182,11 +201,11 @@ async fn the_controller_drives_a_rollout_and_a_successor_resumes_mid_step() {
     let pause_over = at_50
         .history
         .iter()
-        .find(|e| e.kind == EventKind::StepCompleted && e.message.contains("pause of 5s over"))
+        .find(|e| e.kind == EventKind::StepCompleted && e.message.contains("pause of 10s over"))
         .expect("the pause ended")
         .at;
     assert!(
-        pause_over >= at_20.step_started_at + 5000,
+        pause_over >= at_20.step_started_at + 10_000,
         "the pause was timed from its start, recorded before the restart"
     );
     assert!(
