@@ -2,7 +2,8 @@
 //! a scripted API server (tower-test): the pause touches only `spec.paused` by a merge patch;
 //! `<name>-canary` and the Services go by server-side apply under tidegate's field manager,
 //! owned by the Rollout; the status is applied on the status subresource, before the
-//! Event that tells of the transition.
+//! Event that tells of the transition. A look reads the Deployment, its ReplicaSets (the
+//! stable pods' hash), the canary and the stable Service, and takes what is missing as none.
 
 mod kube_support;
 
@@ -15,7 +16,7 @@ use kube::client::Body;
 use kube_support::sim::{FollowingFleet, SimCluster, SimWorkloads};
 use tidegate::kube::Rollout;
 use tidegate::kube::controller::{self, Context};
-use tidegate::kube::workloads::{KubeWorkloads, Workloads};
+use tidegate::kube::workloads::{KubeWorkloads, TEMPLATE, Workloads, template_identity};
 use tower_test::mock;
 
 fn rollout() -> Rollout {
@@ -89,7 +90,13 @@ async fn scripted(answers: Vec<serde_json::Value>) -> (Client, tokio::task::Join
                 content_type,
                 body,
             });
+            // A `Status` answer carries its code, as the API server's errors do.
+            let code = match answer["kind"].as_str() {
+                Some("Status") => answer["code"].as_u64().unwrap_or(500) as u16,
+                _ => 200,
+            };
             let response = Response::builder()
+                .status(code)
                 .body(Body::from(serde_json::to_vec(&answer).expect("answer")))
                 .expect("response");
             reply.send_response(response);
@@ -232,4 +239,107 @@ async fn the_status_is_applied_on_its_subresource_under_the_controllers_field_ma
     assert_eq!(e["regarding"]["name"], "shop");
     assert_eq!(e["reportingController"], "tidegate-controller");
     assert_eq!(e["reportingInstance"], "controller-a");
+}
+
+fn not_found() -> serde_json::Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+        "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+#[tokio::test]
+async fn a_look_finds_the_stable_pods_hash_the_canary_and_the_stable_services_selector() {
+    let mut d = deployment();
+    d["spec"]["paused"] = true.into();
+    d["status"] = serde_json::json!({"observedGeneration": 3, "updatedReplicas": 1,
+        "availableReplicas": 4});
+    let template: k8s_openapi::api::core::v1::PodTemplateSpec =
+        serde_json::from_value(d["spec"]["template"].clone()).expect("template");
+    // As Kubernetes makes them: each ReplicaSet's template carries its pod-template-hash.
+    let replica_set = |hash: &str, image: &str| {
+        let mut t = d["spec"]["template"].clone();
+        t["metadata"]["labels"]["pod-template-hash"] = hash.into();
+        t["spec"]["containers"][0]["image"] = image.into();
+        serde_json::json!({"metadata": {"name": format!("shop-{hash}"),
+            "labels": {"app": "shop", "pod-template-hash": hash}},
+            "spec": {"selector": {"matchLabels": {"app": "shop"}}, "template": t}})
+    };
+    let sets = serde_json::json!({"apiVersion": "apps/v1", "kind": "ReplicaSetList",
+        "metadata": {}, "items": [replica_set("old1", "shop:1"), replica_set("cur2", "shop:2")]});
+    let canary = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "shop-canary", "annotations": {TEMPLATE: "abc"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "shop"}},
+            "template": d["spec"]["template"].clone()},
+        "status": {"readyReplicas": 1}});
+    let stable = serde_json::json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "shop-stable"},
+        "spec": {"selector": {"app": "shop", "pod-template-hash": "old1"}}});
+    let (client, server) = scripted(vec![d, sets, canary, stable]).await;
+    let w = KubeWorkloads::new(client)
+        .observe(&rollout())
+        .await
+        .expect("a look")
+        .expect("the Deployment");
+    let seen = server.await.expect("server");
+    let paths: Vec<&str> = seen.iter().map(|s| s.path_and_query.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/apis/apps/v1/namespaces/prod/deployments/shop",
+            "/apis/apps/v1/namespaces/prod/replicasets?&labelSelector=app%3Dshop",
+            "/apis/apps/v1/namespaces/prod/deployments/shop-canary",
+            "/api/v1/namespaces/prod/services/shop-stable",
+        ]
+    );
+    assert!(seen.iter().all(|s| s.method == Method::GET));
+    let dv = &w.deployment;
+    assert!(dv.paused);
+    assert_eq!((dv.generation, dv.observed_generation), (3, 3));
+    assert_eq!(
+        (dv.replicas, dv.updated_replicas, dv.available_replicas),
+        (4, 1, 4)
+    );
+    assert_eq!(dv.template, template_identity(&template));
+    assert_eq!(
+        dv.template_hash.as_deref(),
+        Some("cur2"),
+        "the ReplicaSet of the current template, its own hash label aside"
+    );
+    let c = w.canary.expect("the canary");
+    assert_eq!(
+        (c.template.as_str(), c.replicas, c.ready_replicas),
+        ("abc", 2, 1)
+    );
+    assert_eq!(w.stable_service.as_deref(), Some("old1"));
+}
+
+#[tokio::test]
+async fn a_look_without_a_canary_or_services_sees_none_and_deleting_a_gone_canary_succeeds() {
+    let sets = serde_json::json!({"apiVersion": "apps/v1", "kind": "ReplicaSetList",
+        "metadata": {}, "items": []});
+    let (client, server) = scripted(vec![
+        deployment(),
+        sets,
+        not_found(),
+        not_found(),
+        not_found(),
+    ])
+    .await;
+    let workloads = KubeWorkloads::new(client);
+    let w = workloads
+        .observe(&rollout())
+        .await
+        .expect("a look")
+        .expect("the Deployment");
+    assert!(w.canary.is_none() && w.stable_service.is_none());
+    assert_eq!(w.deployment.template_hash, None, "no ReplicaSet yet");
+    workloads
+        .delete_canary(&rollout())
+        .await
+        .expect("a canary already gone is deleted");
+    let seen = server.await.expect("server");
+    assert_eq!(seen[4].method, Method::DELETE);
+    assert_eq!(
+        seen[4].path_and_query,
+        "/apis/apps/v1/namespaces/prod/deployments/shop-canary?"
+    );
 }
