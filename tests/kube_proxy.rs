@@ -2,7 +2,8 @@
 //! real objects, EndpointSlices served as a CRD in their own group). The server runs no
 //! kubelet and no EndpointSlice controller, so the test writes the slices that controller
 //! would, pointing at loopback backends. Real requests through the proxy follow the
-//! Rollout's status weight and the slices' ready endpoints; the controller's fleet finds the
+//! Rollout's status weight and the slices' ready endpoints (a terminating endpoint gets no
+//! new request and answers the one it has); the controller's fleet finds the
 //! proxy by the EndpointSlice of its admin port and reads the weight it applied and the
 //! requests it served.
 
@@ -10,7 +11,14 @@ mod common;
 mod kube_support;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::sync::Notify;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
@@ -112,7 +120,22 @@ async fn the_proxy_follows_the_status_weight_and_ready_endpoints_and_the_fleet_r
     let ns = kube_support::namespace("kube-proxy");
     let route = format!("{ns}.web");
     let stable = common::named_backend("stable").await;
-    let canary = common::named_backend("canary").await;
+    // The canary answers `/slow` only when the test lets it: a request in flight.
+    let (arrived, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let canary_addr = {
+        let (arrived, release) = (arrived.clone(), release.clone());
+        common::serve(move |req: Request<Incoming>| {
+            let (arrived, release) = (arrived.clone(), release.clone());
+            async move {
+                if req.uri().path() == "/slow" {
+                    arrived.notify_one();
+                    release.notified().await;
+                }
+                Response::new(Full::new(Bytes::from("canary")))
+            }
+        })
+        .await
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let config = proxy_config(dir.path());
     let proxy = ClusterProxy::start(&config, client.clone(), Some(ns.clone()))
@@ -134,7 +157,7 @@ async fn the_proxy_follows_the_status_weight_and_ready_endpoints_and_the_fleet_r
         .expect("rollout created");
     set_canary_weight(&rollouts, 2000).await;
     put_slice(&client, &ns, "web-stable", stable.addr, true).await;
-    put_slice(&client, &ns, "web-canary", canary.addr, true).await;
+    put_slice(&client, &ns, "web-canary", canary_addr, true).await;
 
     let r = route.clone();
     common::eventually("the proxy serves the status weight", WAIT, || {
@@ -159,8 +182,12 @@ async fn the_proxy_follows_the_status_weight_and_ready_endpoints_and_the_fleet_r
     .await;
     assert_eq!(canary_share(listener, 20).await, 20);
 
-    // The canary's only pod terminates: not ready, so no new requests; stable takes them.
-    put_slice(&client, &ns, "web-canary", canary.addr, false).await;
+    // The canary's only pod terminates (not ready, still serving) with a request in flight:
+    // no new requests go to it, stable takes them, and the one in flight is answered.
+    let slow = format!("http://{listener}/slow");
+    let in_flight = tokio::spawn(async move { common::get(&slow).await });
+    arrived.notified().await;
+    put_slice(&client, &ns, "web-canary", canary_addr, false).await;
     let r = route.clone();
     common::eventually("a terminating endpoint gets no new requests", WAIT, || {
         let r = r.clone();
@@ -168,6 +195,12 @@ async fn the_proxy_follows_the_status_weight_and_ready_endpoints_and_the_fleet_r
     })
     .await;
     assert_eq!(canary_share(listener, 20).await, 0);
+    release.notify_one();
+    assert_eq!(
+        in_flight.await.expect("the request in flight"),
+        (200, "canary".to_string()),
+        "a request in flight on a terminating endpoint is answered"
+    );
 
     // The controller's view: this proxy, found by its admin port's EndpointSlice.
     put_proxy_slice(&client, &ns, admin).await;
