@@ -24,6 +24,7 @@ use crate::analysis::{self, MeasureContext, Reading, Vars, judge};
 use crate::controller::{RolloutCounters, RolloutView};
 use crate::metrics::VersionStats;
 use crate::rollout::{MeasureRequest, MeasurementResult};
+use crate::units::WeightBps;
 
 /// Why a look at a rollout failed; it is tried again.
 #[derive(Debug, thiserror::Error)]
@@ -294,6 +295,7 @@ pub async fn reconcile(
         None => plan::set_condition(&mut st.conditions, "InvalidSpec", false, "Valid", "", now),
     }
     st.observed_generation = rollout.metadata.generation;
+    let weight = st.rollout.as_ref().map(|r| r.canary_weight);
     // Recorded before anything is done: a new leader starts from here.
     write_status(&ctx, &api, &rollout, st).await?;
     for action in plan.actions {
@@ -307,7 +309,7 @@ pub async fn reconcile(
             Action::ApplyServices { stable_hash } => {
                 ctx.workloads.apply_services(&rollout, &stable_hash).await?
             }
-            Action::Measure(ask) => measure(&ctx, &rollout, uid.clone(), ask),
+            Action::Measure(ask) => measure(&ctx, &rollout, uid.clone(), ask, weight),
             Action::Event {
                 warning,
                 reason,
@@ -370,21 +372,30 @@ async fn publish(ctx: &Context, rollout: &Rollout, warning: bool, reason: &str, 
     }
 }
 
-/// Takes one measurement in the background; its result waits for the next look.
-fn measure(ctx: &Arc<Context>, rollout: &Rollout, uid: String, ask: MeasureRequest) {
+/// Takes one measurement in the background; its result waits for the next look. With the
+/// fleet's counts, the window starts once every proxy serves `weight` (the status just
+/// written), so a step is not judged by traffic still split the old way.
+fn measure(
+    ctx: &Arc<Context>,
+    rollout: &Arc<Rollout>,
+    uid: String,
+    ask: MeasureRequest,
+    weight: Option<WeightBps>,
+) {
     let vars = Vars {
         route: rollout.name_any(),
         canary: plan::CANARY.into(),
         stable: plan::STABLE.into(),
         namespace: rollout.namespace().unwrap_or_default(),
     };
-    let counts = ctx.fleet.windows(rollout);
-    let since = counts
-        .as_ref()
-        .map_or(ask.since, |c| ask.since.max(c.applied_since));
-    let (canary, stable) = counts.map(|c| (c.canary, c.stable)).unzip();
-    let ctx = ctx.clone();
+    let (ctx, rollout) = (ctx.clone(), rollout.clone());
     tokio::spawn(async move {
+        let limit = analysis::measure_timeout(&ask.metric) + Duration::from_secs(1);
+        let counts = fleet_windows(&*ctx.fleet, &rollout, weight, limit / 2).await;
+        let since = counts
+            .as_ref()
+            .map_or(ask.since, |c| ask.since.max(c.applied_since));
+        let (canary, stable) = counts.map(|c| (c.canary, c.stable)).unzip();
         let context = MeasureContext {
             vars,
             canary,
@@ -394,7 +405,6 @@ fn measure(ctx: &Arc<Context>, rollout: &Rollout, uid: String, ask: MeasureReque
             since_ms: since.saturating_sub(crate::clock::unix_offset_ms()),
             unix_offset_ms: crate::clock::unix_offset_ms(),
         };
-        let limit = analysis::measure_timeout(&ask.metric) + Duration::from_secs(1);
         let (reading, requests) =
             match tokio::time::timeout(limit, analysis::measure(&ask.metric, &context)).await {
                 Ok(r) => r,
@@ -409,4 +419,122 @@ fn measure(ctx: &Arc<Context>, rollout: &Rollout, uid: String, ask: MeasureReque
         let mut m = ctx.measured.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(uid).or_default().push(result);
     });
+}
+
+/// The fleet's counts of `rollout` once every proxy serves `weight`, waiting up to `wait` for
+/// the scrapes to show it (a proxy that lags or is gone leaves the window starting when the
+/// proxies last changed what they serve). None when the fleet counts nothing.
+async fn fleet_windows(
+    fleet: &dyn Fleet,
+    rollout: &Rollout,
+    weight: Option<WeightBps>,
+    wait: Duration,
+) -> Option<FleetWindows> {
+    let give_up = tokio::time::Instant::now() + wait;
+    loop {
+        let counts = fleet.windows(rollout)?;
+        let applied = fleet.observe(rollout).applied_weight;
+        if weight.is_none() || applied == weight || tokio::time::Instant::now() >= give_up {
+            return Some(counts);
+        }
+        tokio::time::sleep(FLEET_POLL).await;
+    }
+}
+
+/// How often a measurement waiting for the fleet looks at its latest scrape.
+const FLEET_POLL: Duration = Duration::from_millis(250);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A fleet whose proxies serve `weight` since `since` (unix ms), as the test sets it.
+    struct Lagging {
+        state: Mutex<(Option<WeightBps>, u64)>,
+        stats: (Arc<VersionStats>, Arc<VersionStats>),
+    }
+
+    impl Lagging {
+        fn new(weight: WeightBps, since: u64) -> Arc<Lagging> {
+            let stats = |v: &str| Arc::new(VersionStats::new("shop.web".into(), v.into()));
+            Arc::new(Lagging {
+                state: Mutex::new((Some(weight), since)),
+                stats: (stats("canary"), stats("stable")),
+            })
+        }
+
+        fn serve(&self, weight: WeightBps, since: u64) {
+            *self.state.lock().unwrap() = (Some(weight), since);
+        }
+    }
+
+    impl Fleet for Lagging {
+        fn observe(&self, _: &Rollout) -> FleetView {
+            FleetView {
+                applied_weight: self.state.lock().unwrap().0,
+                active: Default::default(),
+                stable_endpoints: 1,
+            }
+        }
+
+        fn windows(&self, _: &Rollout) -> Option<FleetWindows> {
+            Some(FleetWindows {
+                canary: self.stats.0.clone(),
+                stable: self.stats.1.clone(),
+                applied_since: self.state.lock().unwrap().1,
+            })
+        }
+    }
+
+    fn rollout() -> Rollout {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tidegate.dev/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"workloadRef": {"name": "web"}},
+        }))
+        .expect("rollout")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_measurement_waits_for_every_proxy_to_serve_the_new_weight() {
+        let fleet = Lagging::new(1000, 100);
+        let switch = {
+            let fleet = fleet.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                fleet.serve(2500, 5_000);
+            })
+        };
+        let start = tokio::time::Instant::now();
+        let counts = fleet_windows(&*fleet, &rollout(), Some(2500), Duration::from_secs(10))
+            .await
+            .expect("counts");
+        assert_eq!(
+            counts.applied_since, 5_000,
+            "the window starts at the switch"
+        );
+        assert!(start.elapsed() >= Duration::from_secs(2));
+        switch.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fleet_that_never_catches_up_is_read_as_it_is_once_the_wait_is_over() {
+        let fleet = Lagging::new(1000, 100);
+        let start = tokio::time::Instant::now();
+        let counts = fleet_windows(&*fleet, &rollout(), Some(2500), Duration::from_secs(3))
+            .await
+            .expect("counts");
+        assert_eq!(counts.applied_since, 100);
+        assert!(start.elapsed() >= Duration::from_secs(3));
+        // Serving the asked weight already, or asked none: read at once.
+        for weight in [Some(1000), None] {
+            let start = tokio::time::Instant::now();
+            fleet_windows(&*fleet, &rollout(), weight, Duration::from_secs(3))
+                .await
+                .expect("counts");
+            assert_eq!(start.elapsed(), Duration::ZERO);
+        }
+    }
 }
