@@ -5,7 +5,9 @@
 //! Every change is a replace with the Lease's resourceVersion (a conflict means another
 //! contender moved first), which works on every API server. Expiry is judged by the local
 //! clock from when a contender last saw the holder renew, not by the holder's timestamps, so
-//! clock skew between nodes does not matter.
+//! clock skew between nodes does not matter (as client-go's leader election does). This is
+//! why it is written here: kube-lease-manager (0.13, for kube 5) compares the holder's
+//! `renewTime` with the local wall clock, trusting nodes' clocks to agree within its grace.
 
 use std::time::Duration;
 
