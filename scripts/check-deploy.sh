@@ -201,6 +201,15 @@ if "$helm" template tidegate "$chart" --set proxy.replica=3 >/dev/null 2>&1; the
 fi
 echo "ok: an unknown mode and an unknown key are refused"
 
+echo "== prometheus.address becomes the controller's default Prometheus"
+if "$helm" template tidegate "$chart" --set prometheus.address=http://prometheus.monitoring:9090 |
+  grep -A1 'name: TIDEGATE_PROMETHEUS$' | grep -q 'value: "http://prometheus.monitoring:9090"' &&
+  ! "$helm" template tidegate "$chart" | grep -q 'TIDEGATE_PROMETHEUS'; then
+  echo "ok: set only when given"
+else
+  fail "prometheus.address does not reach the controller as TIDEGATE_PROMETHEUS"
+fi
+
 echo "== helm install --dry-run=client: the notes render in each mode"
 for mode in ingress sidecar; do
   # Offline: client-side dry run, no cluster (an empty kubeconfig).

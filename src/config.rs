@@ -440,6 +440,17 @@ routes:
         let e = Config::parse(&bad, Path::new("t.yaml")).unwrap_err();
         assert_eq!(e.field, "routes[0].versions[0].weight", "{e}");
         assert!(e.message.contains("rollout, which sets the weights"), "{e}");
+        // A Prometheus metric names its server here: only a cluster's controller has one.
+        let bad = WITH_ROLLOUT.replace(
+            "- setWeight: 10",
+            "- setWeight: 10\n        - analysis: {metrics: [{name: e, provider: {prometheus: {query: up}}}]}",
+        );
+        let e = Config::parse(&bad, Path::new("t.yaml")).unwrap_err();
+        assert_eq!(
+            e.field, "routes[0].rollout.steps[1].analysis.metrics[0].provider.prometheus.address",
+            "{e}"
+        );
+        assert!(e.message.contains("URL is needed"), "{e}");
     }
 
     #[test]

@@ -127,6 +127,9 @@ enum Command {
         /// Label selector of the EndpointSlices (port `admin`) that list the proxies to scrape.
         #[arg(long, env = "TIDEGATE_PROXY_SELECTOR", default_value = tidegate::kube::fleet::DEFAULT_PROXY_SELECTOR)]
         proxy_selector: String,
+        /// Prometheus server (http(s) URL) of `prometheus` metrics that name no `address`.
+        #[arg(long, env = "TIDEGATE_PROMETHEUS", value_parser = prometheus_url)]
+        prometheus: Option<String>,
     },
 }
 
@@ -273,6 +276,7 @@ fn main() -> ExitCode {
             lease_name,
             identity,
             proxy_selector,
+            prometheus,
         } => {
             init_logging(cli.log_format.unwrap_or(LogFormatArg::Human), "info");
             let identity = identity
@@ -289,6 +293,7 @@ fn main() -> ExitCode {
                     lease_name,
                     identity,
                     proxy_selector,
+                    prometheus,
                 };
                 tidegate::kube::process::run(client, options).await?;
                 Ok(())
@@ -325,6 +330,15 @@ fn main() -> ExitCode {
                 .await
             })
         }
+    }
+}
+
+/// `--prometheus`: an http(s) URL, as a metric's own `address` must be.
+fn prometheus_url(text: &str) -> Result<String, String> {
+    if text.starts_with("http://") || text.starts_with("https://") {
+        Ok(text.to_string())
+    } else {
+        Err(format!("`{text}` is not an http(s) URL"))
     }
 }
 

@@ -103,6 +103,7 @@ async fn an_annotated_deployment_gets_an_owned_rollout_and_a_bad_annotation_chan
         Arc::new(FollowingFleet),
         "test",
         leading,
+        None,
     );
     reconcile(Arc::new(after), ctx.clone())
         .await

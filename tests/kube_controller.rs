@@ -6,8 +6,9 @@
 //! first died resumes mid-step with the pause's timer intact; of two controllers only the
 //! leader touches anything, and a leader that lost its lease stops touching anything until it
 //! leads again. The status carries the generation it was computed from and the
-//! usual conditions; a spec a cluster cannot honour is refused with its field and starts
-//! nothing until fixed.
+//! usual conditions; a spec a cluster cannot honour (or a Prometheus metric without an
+//! address when the controller has no default) is refused with its field and starts nothing
+//! until fixed.
 
 mod kube_support;
 
@@ -50,6 +51,7 @@ async fn start(client: &Client, ns: &str, identity: &str, cluster: &Arc<SimClust
         Arc::new(FollowingFleet),
         identity,
         leadership.watch(),
+        None,
     );
     let rollouts: Api<Rollout> = Api::namespaced(client.clone(), ns);
     let task = tokio::spawn(controller::run(
@@ -322,13 +324,27 @@ async fn a_spec_that_is_not_for_a_cluster_is_refused_and_changes_nothing_until_f
     })
     .await;
 
-    // Fixed: the condition clears and the new template's rollout starts.
+    // A Prometheus metric without an address, and this controller has no default server.
+    let no_address = serde_json::json!({"spec": {"scaleDownDelay": null, "analysis": {"metrics": [
+        {"name": "errors", "provider": {"prometheus": {"query": "up"}}}]}}});
     rollouts
-        .patch(
-            "shop",
-            &PatchParams::default(),
-            &Patch::Merge(&spec(serde_json::Value::Null)),
-        )
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&no_address))
+        .await
+        .expect("a metric without an address is stored: the controller may have a default");
+    eventually("InvalidSpec for the missing address", async || {
+        let st = rollouts.get("shop").await.ok()?.status?;
+        let (_, _, message) = condition(&st, "InvalidSpec")?;
+        message
+            .starts_with("spec.analysis.metrics[0].provider.prometheus.address: no address")
+            .then_some(())
+    })
+    .await;
+    assert!(cluster.get().canary.is_none(), "still no canary");
+
+    // Fixed: the condition clears and the new template's rollout starts.
+    let fix = serde_json::json!({"spec": {"analysis": null}});
+    rollouts
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&fix))
         .await
         .expect("the fix");
     eventually("the rollout to start once the spec is fixed", async || {

@@ -201,6 +201,7 @@ async fn the_status_is_applied_on_its_subresource_under_the_controllers_field_ma
         Arc::new(FollowingFleet),
         "controller-a",
         leads,
+        None,
     );
     let rollout: Rollout = serde_json::from_value(seen_rollout).expect("rollout");
     controller::reconcile(Arc::new(rollout), ctx)

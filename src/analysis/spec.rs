@@ -156,7 +156,9 @@ pub enum CompareWith {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PrometheusMetric {
-    /// Base URL of the Prometheus server, e.g. `http://127.0.0.1:9090`.
+    /// Base URL of the Prometheus server, e.g. `http://127.0.0.1:9090`. On a cluster it may
+    /// be left out for the controller's own (`--prometheus`, the chart's `prometheus.address`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
     /// PromQL; `{{route}}`, `{{version}}`, `{{canary}}`, `{{stable}}`, `{{namespace}}` are filled in.
     pub query: String,
@@ -339,7 +341,12 @@ impl MetricSpec {
                 }
             }
             ProviderSpec::Prometheus(p) => {
-                if !(p.address.starts_with("http://") || p.address.starts_with("https://")) {
+                // Empty: the controller's default, which a local config has not (see
+                // `RolloutSpec::default_prometheus_at`).
+                if !(p.address.is_empty()
+                    || p.address.starts_with("http://")
+                    || p.address.starts_with("https://"))
+                {
                     return Err((
                         "provider.prometheus.address".into(),
                         format!("`{}` is not an http(s) URL", p.address),

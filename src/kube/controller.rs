@@ -20,7 +20,7 @@ use super::leader::Leadership;
 use super::plan::{self, Action, FleetView, Observed};
 use super::routes::route_name;
 use super::workloads::{FIELD_MANAGER, Workloads};
-use crate::analysis::{self, MeasureContext, Reading, Vars, judge};
+use crate::analysis::{self, MeasureContext, ProviderSpec, Reading, Vars, judge};
 use crate::controller::{RolloutCounters, RolloutView};
 use crate::metrics::VersionStats;
 use crate::rollout::{MeasureRequest, MeasurementResult};
@@ -70,6 +70,8 @@ pub struct Context {
     counters: RolloutCounters,
     /// The Rollouts as the leading controller last saw them, for /metrics.
     seen: Mutex<Option<Store<Rollout>>>,
+    /// The Prometheus server of `prometheus` metrics that name none (`--prometheus`).
+    prometheus: Option<String>,
 }
 
 impl Context {
@@ -79,6 +81,7 @@ impl Context {
         fleet: Arc<dyn Fleet>,
         identity: &str,
         leading: tokio::sync::watch::Receiver<bool>,
+        prometheus: Option<String>,
     ) -> Arc<Context> {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -93,6 +96,7 @@ impl Context {
             measured: Mutex::new(HashMap::new()),
             counters: RolloutCounters::default(),
             seen: Mutex::new(None),
+            prometheus,
         })
     }
 
@@ -225,7 +229,14 @@ pub async fn reconcile(
         Api::namespaced(ctx.client.clone(), &rollout.namespace().unwrap_or_default());
     let name = rollout.name_any();
     let status = rollout.status.clone().unwrap_or_default();
-    if let Err((field, why)) = rollout.spec.strategy.validate_for_cluster() {
+    let refused = rollout.spec.strategy.validate_for_cluster().err().or_else(|| {
+        let at = rollout.spec.strategy.default_prometheus_at();
+        at.filter(|_| ctx.prometheus.is_none()).map(|at| {
+            let why = "no address, and the controller has no default (its --prometheus, the chart's prometheus.address)";
+            (at, why.to_string())
+        })
+    });
+    if let Some((field, why)) = refused {
         let message = format!("spec.{field}: {why}");
         let mut st = status.clone();
         plan::set_condition(
@@ -389,6 +400,8 @@ fn measure(
         namespace: rollout.namespace().unwrap_or_default(),
     };
     let (ctx, rollout) = (ctx.clone(), rollout.clone());
+    let mut ask = ask;
+    fill_prometheus(&mut ask.metric, ctx.prometheus.as_deref());
     tokio::spawn(async move {
         let limit = analysis::measure_timeout(&ask.metric) + Duration::from_secs(1);
         let counts = fleet_windows(&*ctx.fleet, &rollout, weight, limit / 2).await;
@@ -438,6 +451,15 @@ async fn fleet_windows(
             return Some(counts);
         }
         tokio::time::sleep(FLEET_POLL).await;
+    }
+}
+
+/// A `prometheus` metric that names no server asks the controller's.
+fn fill_prometheus(metric: &mut analysis::MetricSpec, default: Option<&str>) {
+    if let (ProviderSpec::Prometheus(p), Some(default)) = (&mut metric.provider, default)
+        && p.address.is_empty()
+    {
+        p.address = default.to_string();
     }
 }
 
@@ -517,6 +539,28 @@ mod tests {
         );
         assert!(start.elapsed() >= Duration::from_secs(2));
         switch.await.unwrap();
+    }
+
+    #[test]
+    fn a_prometheus_metric_without_an_address_asks_the_controllers_server() {
+        let metric = |address: &str| -> analysis::MetricSpec {
+            serde_json::from_value(serde_json::json!({"name": "errors",
+                "provider": {"prometheus": {"address": address, "query": "up"}}}))
+            .expect("metric")
+        };
+        let address = |m: &analysis::MetricSpec| match &m.provider {
+            ProviderSpec::Prometheus(p) => p.address.clone(),
+            _ => unreachable!("a prometheus metric"),
+        };
+        let mut m = metric("");
+        fill_prometheus(&mut m, Some("http://prom:9090"));
+        assert_eq!(address(&m), "http://prom:9090");
+        let mut m = metric("http://own:9090");
+        fill_prometheus(&mut m, Some("http://prom:9090"));
+        assert_eq!(address(&m), "http://own:9090", "its own address stays");
+        let mut m = metric("");
+        fill_prometheus(&mut m, None);
+        assert_eq!(address(&m), "");
     }
 
     #[tokio::test(start_paused = true)]

@@ -36,6 +36,8 @@ pub struct ControllerOptions {
     pub identity: String,
     /// Finds the proxies: a label selector on EndpointSlices with a port named `admin`.
     pub proxy_selector: String,
+    /// The Prometheus server of `prometheus` metrics that name none.
+    pub prometheus: Option<String>,
 }
 
 /// Runs the controller until the process is told to stop; hands the lease over on the way out.
@@ -56,6 +58,7 @@ pub async fn run(client: Client, options: ControllerOptions) -> std::io::Result<
         fleet.clone(),
         &options.identity,
         leadership.watch(),
+        options.prometheus.clone(),
     );
     let rollouts: Api<Rollout> = match &options.namespace {
         Some(ns) => Api::namespaced(client, ns),

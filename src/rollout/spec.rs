@@ -7,7 +7,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::{AnalysisSpec, BackgroundAnalysis};
+use crate::analysis::{AnalysisSpec, BackgroundAnalysis, MetricSpec, ProviderSpec};
 use crate::units::{FULL_WEIGHT, WeightBps, serde_duration, serde_opt_duration, serde_weight};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
@@ -148,7 +148,43 @@ impl RolloutSpec {
                 format!("no version named `{stable}` in this route"),
             ));
         }
+        if let Some(at) = self.default_prometheus_at() {
+            return Err((
+                at,
+                "the Prometheus server's URL is needed, e.g. http://127.0.0.1:9090".into(),
+            ));
+        }
         self.validate_strategy()
+    }
+
+    /// Every analysis's metrics, with where they are: `steps[i].analysis` or `analysis`.
+    fn analyses(&self) -> impl Iterator<Item = (String, &[MetricSpec])> {
+        let steps = self
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, step)| match step {
+                Step::Analysis(a) => Some((format!("steps[{i}].analysis"), a.metrics.as_slice())),
+                _ => None,
+            });
+        let background = self
+            .analysis
+            .iter()
+            .map(|a| ("analysis".to_string(), a.metrics.as_slice()));
+        steps.chain(background)
+    }
+
+    /// The field of the first Prometheus metric that leaves its address to the controller's
+    /// default: refused in a local config, filled in on a cluster.
+    pub fn default_prometheus_at(&self) -> Option<String> {
+        self.analyses().find_map(|(at, metrics)| {
+            metrics
+                .iter()
+                .position(
+                    |m| matches!(&m.provider, ProviderSpec::Prometheus(p) if p.address.is_empty()),
+                )
+                .map(|j| format!("{at}.metrics[{j}].provider.prometheus.address"))
+        })
     }
 
     /// Checks a rollout of a Kubernetes workload: its versions are the Deployment's pod
@@ -174,22 +210,10 @@ impl RolloutSpec {
                     .into(),
             ));
         }
-        let step_metrics = self
-            .steps
-            .iter()
-            .enumerate()
-            .filter_map(|(i, step)| match step {
-                Step::Analysis(a) => Some((format!("steps[{i}].analysis"), &a.metrics)),
-                _ => None,
-            });
-        let background = self
-            .analysis
-            .iter()
-            .map(|a| ("analysis".to_string(), &a.metrics));
-        for (at, metrics) in step_metrics.chain(background) {
+        for (at, metrics) in self.analyses() {
             if let Some(j) = metrics
                 .iter()
-                .position(|m| matches!(m.provider, crate::analysis::ProviderSpec::Healthcheck(_)))
+                .position(|m| matches!(m.provider, ProviderSpec::Healthcheck(_)))
             {
                 return Err((
                     format!("{at}.metrics[{j}].provider"),
