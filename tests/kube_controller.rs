@@ -8,7 +8,8 @@
 //! leads again. The status carries the generation it was computed from and the
 //! usual conditions; a spec a cluster cannot honour (or a Prometheus metric without an
 //! address when the controller has no default) is refused with its field and starts nothing
-//! until fixed.
+//! until fixed. An abort asked as the CLI asks it puts all traffic on stable at once and
+//! scales the canary down after its delay.
 
 mod kube_support;
 
@@ -382,6 +383,63 @@ async fn of_two_controllers_only_the_leader_touches_anything() {
     );
     a.task.abort();
     b.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_puts_all_traffic_on_stable_and_scales_the_canary_down_after_its_delay() {
+    let (client, ns, rollouts) = setup("abort").await;
+    let cluster = SimCluster::new("t1", 10);
+    let controller = start(&client, &ns, "a", &cluster).await;
+    eventually("adoption", async || {
+        cluster.get().deployment.paused.then_some(())
+    })
+    .await;
+    let delay = serde_json::json!({"spec": {"abortScaleDownDelay": "5s"}});
+    rollouts
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&delay))
+        .await
+        .expect("the delay");
+    cluster.new_template("t2");
+    nudge(&rollouts, 1).await;
+    eventually("the first step", async || {
+        let r = rollouts.get("shop").await.ok()?.status?.rollout?;
+        let sized = cluster.get().canary.map(|c| c.replicas) == Some(2);
+        (r.canary_weight == 2000 && sized).then_some(())
+    })
+    .await;
+
+    // As `tidegate abort --kube` asks it: a request on the Rollout the leader answers.
+    let record = tidegate::kube::commands::ask(
+        client.clone(),
+        &ns,
+        "shop",
+        "abort",
+        false,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("the abort is applied");
+    assert_eq!(record.canary_weight, 0, "all traffic on stable at once");
+    assert_eq!(record.phase, Phase::Degraded);
+    assert_eq!(
+        cluster.get().canary.map(|c| c.replicas),
+        Some(2),
+        "the canary keeps its pods through abortScaleDownDelay"
+    );
+    let st = rollouts.get("shop").await.expect("the Rollout").status;
+    let aborted = st.as_ref().and_then(|st| condition(st, "Aborted"));
+    assert_eq!(aborted.map(|(status, ..)| status).as_deref(), Some("True"));
+
+    eventually("the canary scaled down after the delay", async || {
+        let replicas = cluster.get().canary.map_or(0, |c| c.replicas);
+        (replicas == 0).then_some(())
+    })
+    .await;
+    assert!(
+        cluster.get().deployment.paused,
+        "the Deployment never rolls onto the aborted template"
+    );
+    controller.task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
