@@ -218,6 +218,9 @@ fn error_policy(_: Arc<Rollout>, e: &ReconcileError, _: Arc<Context>) -> Requeue
     }
 }
 
+/// Why a `prometheus` metric without an address is refused by a controller without a default.
+const NO_DEFAULT_PROMETHEUS: &str = "no address, and the controller has no default (its --prometheus, the chart's prometheus.address)";
+
 /// One look at one rollout.
 pub async fn reconcile(
     rollout: Arc<Rollout>,
@@ -229,13 +232,14 @@ pub async fn reconcile(
         Api::namespaced(ctx.client.clone(), &rollout.namespace().unwrap_or_default());
     let name = rollout.name_any();
     let status = rollout.status.clone().unwrap_or_default();
-    let refused = rollout.spec.strategy.validate_for_cluster().err().or_else(|| {
-        let at = rollout.spec.strategy.default_prometheus_at();
-        at.filter(|_| ctx.prometheus.is_none()).map(|at| {
-            let why = "no address, and the controller has no default (its --prometheus, the chart's prometheus.address)";
-            (at, why.to_string())
-        })
-    });
+    let spec = &rollout.spec.strategy;
+    let refused = match spec.validate_for_cluster() {
+        Err(e) => Some(e),
+        Ok(()) if ctx.prometheus.is_none() => spec
+            .default_prometheus_at()
+            .map(|at| (at, NO_DEFAULT_PROMETHEUS.to_string())),
+        Ok(()) => None,
+    };
     if let Some((field, why)) = refused {
         let message = format!("spec.{field}: {why}");
         let mut st = status.clone();
