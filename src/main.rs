@@ -335,11 +335,7 @@ fn main() -> ExitCode {
 
 /// `--prometheus`: an http(s) URL, as a metric's own `address` must be.
 fn prometheus_url(text: &str) -> Result<String, String> {
-    if text.starts_with("http://") || text.starts_with("https://") {
-        Ok(text.to_string())
-    } else {
-        Err(format!("`{text}` is not an http(s) URL"))
-    }
+    tidegate::analysis::http_url(text).map(|()| text.to_string())
 }
 
 fn log_listening(listeners: &[(String, std::net::SocketAddr)], admin: std::net::SocketAddr) {

@@ -83,6 +83,14 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
     }
 }
 
+/// Waits for the controller to adopt the simulated Deployment: it pauses it.
+async fn adopted(cluster: &SimCluster) {
+    eventually("adoption", async || {
+        cluster.get().deployment.paused.then_some(())
+    })
+    .await;
+}
+
 async fn setup(name: &str) -> (Client, String, Api<Rollout>) {
     let client = kube_support::client().await;
     kube_support::install_crd(&client).await;
@@ -364,10 +372,7 @@ async fn of_two_controllers_only_the_leader_touches_anything() {
     let cluster = SimCluster::new("t1", 4);
     let a = start(&client, &ns, "a", &cluster).await;
     let b = start(&client, &ns, "b", &cluster).await;
-    eventually("adoption", async || {
-        cluster.get().deployment.paused.then_some(())
-    })
-    .await;
+    adopted(&cluster).await;
     cluster.new_template("t2");
     for n in 0..10 {
         nudge(&rollouts, n).await;
@@ -390,10 +395,7 @@ async fn an_abort_puts_all_traffic_on_stable_and_scales_the_canary_down_after_it
     let (client, ns, rollouts) = setup("abort").await;
     let cluster = SimCluster::new("t1", 10);
     let controller = start(&client, &ns, "a", &cluster).await;
-    eventually("adoption", async || {
-        cluster.get().deployment.paused.then_some(())
-    })
-    .await;
+    adopted(&cluster).await;
     let delay = serde_json::json!({"spec": {"abortScaleDownDelay": "5s"}});
     rollouts
         .patch("shop", &PatchParams::default(), &Patch::Merge(&delay))
@@ -447,10 +449,7 @@ async fn a_deposed_leader_stops_at_once_and_acts_again_only_when_it_leads_again(
     let (client, ns, rollouts) = setup("deposed").await;
     let cluster = SimCluster::new("t1", 4);
     let a = start(&client, &ns, "a", &cluster).await;
-    eventually("adoption", async || {
-        cluster.get().deployment.paused.then_some(())
-    })
-    .await;
+    adopted(&cluster).await;
 
     // Someone else holds the lease and keeps renewing it.
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
@@ -528,10 +527,7 @@ async fn a_promotion_through_the_controller_ends_with_the_deployment_paused_on_t
         .expect("create");
     let cluster = SimCluster::new("t1", 4);
     let c = start(&client, &ns, "a", &cluster).await;
-    eventually("adoption", async || {
-        cluster.get().deployment.paused.then_some(())
-    })
-    .await;
+    adopted(&cluster).await;
     cluster.new_template("t2");
     nudge(&rollouts, 1).await;
     let done = eventually("the promotion's end", async || {
@@ -598,10 +594,7 @@ async fn cli_commands_with_kube_are_answered_by_the_leading_controller() {
     let (client, ns, rollouts) = setup("cli").await;
     let cluster = SimCluster::new("t1", 10);
     let c = start(&client, &ns, "a", &cluster).await;
-    eventually("adoption", async || {
-        cluster.get().deployment.paused.then_some(())
-    })
-    .await;
+    adopted(&cluster).await;
     cluster.new_template("t2");
     nudge(&rollouts, 1).await;
     eventually("the first step", async || {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use condition::Condition;
 use sequential::Slice;
-pub use spec::{AnalysisSpec, BackgroundAnalysis, MetricSpec, ProviderSpec};
+pub use spec::{AnalysisSpec, BackgroundAnalysis, MetricSpec, ProviderSpec, http_url};
 pub use verdict::{Measurement, MetricTally, Outcome, Reading, RequestCounts, Verdict, judge};
 
 use crate::health::Endpoint;

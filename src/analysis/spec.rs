@@ -343,14 +343,9 @@ impl MetricSpec {
             ProviderSpec::Prometheus(p) => {
                 // Empty: the controller's default, which a local config has not (see
                 // `RolloutSpec::default_prometheus_at`).
-                if !(p.address.is_empty()
-                    || p.address.starts_with("http://")
-                    || p.address.starts_with("https://"))
-                {
-                    return Err((
-                        "provider.prometheus.address".into(),
-                        format!("`{}` is not an http(s) URL", p.address),
-                    ));
+                if !p.address.is_empty() {
+                    http_url(&p.address)
+                        .map_err(|e| ("provider.prometheus.address".to_string(), e))?;
                 }
                 if p.query.trim().is_empty() {
                     return Err(("provider.prometheus.query".into(), "empty query".into()));
@@ -361,15 +356,20 @@ impl MetricSpec {
                     super::json_path::to_pointer(path)
                         .map_err(|e| ("provider.http.jsonPath".to_string(), e))?;
                 }
-                if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
-                    return Err((
-                        "provider.http.url".into(),
-                        format!("`{}` is not an http(s) URL", h.url),
-                    ));
-                }
+                http_url(&h.url).map_err(|e| ("provider.http.url".to_string(), e))?;
             }
             ProviderSpec::Healthcheck(_) => {}
         }
         Ok(())
+    }
+}
+
+/// An http(s) URL, as a Prometheus server, an `http` metric's URL and a notification webhook
+/// must be; else what is wrong with `text`.
+pub fn http_url(text: &str) -> Result<(), String> {
+    if text.starts_with("http://") || text.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(format!("`{text}` is not an http(s) URL"))
     }
 }

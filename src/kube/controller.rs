@@ -394,7 +394,7 @@ fn measure(
     ctx: &Arc<Context>,
     rollout: &Arc<Rollout>,
     uid: String,
-    ask: MeasureRequest,
+    mut ask: MeasureRequest,
     weight: Option<WeightBps>,
 ) {
     let vars = Vars {
@@ -404,7 +404,6 @@ fn measure(
         namespace: rollout.namespace().unwrap_or_default(),
     };
     let (ctx, rollout) = (ctx.clone(), rollout.clone());
-    let mut ask = ask;
     fill_prometheus(&mut ask.metric, ctx.prometheus.as_deref());
     tokio::spawn(async move {
         let limit = analysis::measure_timeout(&ask.metric) + Duration::from_secs(1);

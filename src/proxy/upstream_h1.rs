@@ -243,7 +243,7 @@ fn encode_head(
 /// body was sent.
 async fn exchange(
     conn: &mut Conn,
-    head: &[u8],
+    mut head: &[u8],
     body: &mut RequestBody,
     chunked: bool,
     method: &Method,
@@ -254,7 +254,6 @@ async fn exchange(
     );
     // Most requests are a head alone, which the socket takes at once: then there is only
     // the response to wait for. What it did not take (or a failure) goes the common way.
-    let mut head = head;
     let mut sent = false;
     if body.is_end_stream()
         && let Ok(n) = conn.stream.try_write(head)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::{AnalysisSpec, BackgroundAnalysis, MetricSpec, ProviderSpec};
+use crate::analysis::{AnalysisSpec, BackgroundAnalysis, MetricSpec, ProviderSpec, http_url};
 use crate::units::{FULL_WEIGHT, WeightBps, serde_duration, serde_opt_duration, serde_weight};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
@@ -267,13 +267,8 @@ impl RolloutSpec {
         {
             return Err(("headerRoute".into(), format!("`{h}` is not a header name")));
         }
-        if let Some(n) = &self.notify
-            && !(n.webhook.starts_with("http://") || n.webhook.starts_with("https://"))
-        {
-            return Err((
-                "notify.webhook".into(),
-                format!("`{}` is not an http(s) URL", n.webhook),
-            ));
+        if let Some(n) = &self.notify {
+            http_url(&n.webhook).map_err(|e| ("notify.webhook".to_string(), e))?;
         }
         Ok(())
     }
