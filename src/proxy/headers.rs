@@ -3,6 +3,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::error::ProxyError;
+use super::h1::KnownField;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -12,10 +13,20 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `Transfer-Encoding` and `Upgrade`.
 /// With `upgrade` the `Upgrade` header and `Connection: upgrade` are kept for the next hop.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    strip(headers, upgrade, 0);
+}
+
+/// `strip_hop_by_hop` for a request going upstream, and `Expect` too: tidegate answers
+/// `100-continue` itself.
+pub fn strip_for_upstream(headers: &mut HeaderMap, upgrade: bool) {
+    strip(headers, upgrade, EXPECT_BIT);
+}
+
+fn strip(headers: &mut HeaderMap, upgrade: bool, also: u8) {
     // One pass over the names says which are present; a removal is a hash lookup, and most
     // messages carry none of these or only `Connection: keep-alive`.
     let present = headers.keys().fold(0u8, |found, k| {
-        found | hop_by_hop_bit(k.as_str().as_bytes())
+        found | (field_bit(KnownField::of(k.as_str().as_bytes())) & (HOP_BY_HOP | also))
     });
     if present == 0 && !upgrade {
         return;
@@ -32,6 +43,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(name);
         }
         headers.remove(header::CONNECTION);
+    }
+    if present & EXPECT_BIT != 0 {
+        headers.remove(header::EXPECT);
     }
     if present & KEEP_ALIVE_BIT != 0 {
         headers.remove(&KEEP_ALIVE);
@@ -79,31 +93,28 @@ const PROXY_CONNECTION_BIT: u8 = 4;
 const TE_BIT: u8 = 8;
 const TRANSFER_ENCODING_BIT: u8 = 16;
 const UPGRADE_BIT: u8 = 32;
+const HOP_BY_HOP: u8 = 63;
+/// Not hop-by-hop: removed from requests only.
+const EXPECT_BIT: u8 = 64;
 
-/// A field name's bit, in any case; 0 for a name that is not hop-by-hop.
-fn hop_by_hop_bit(name: &[u8]) -> u8 {
-    // Most names are told apart by their length alone.
-    let candidates: &[(&[u8], u8)] = match name.len() {
-        2 => &[(b"te", TE_BIT)],
-        7 => &[(b"upgrade", UPGRADE_BIT)],
-        10 => &[
-            (b"connection", CONNECTION_BIT),
-            (b"keep-alive", KEEP_ALIVE_BIT),
-        ],
-        16 => &[(b"proxy-connection", PROXY_CONNECTION_BIT)],
-        17 => &[(b"transfer-encoding", TRANSFER_ENCODING_BIT)],
-        _ => return 0,
-    };
-    candidates
-        .iter()
-        .find(|(c, _)| name.eq_ignore_ascii_case(c))
-        .map_or(0, |(_, bit)| *bit)
+/// A field's bit; 0 for a field none of these rules removes.
+fn field_bit(field: KnownField) -> u8 {
+    match field {
+        KnownField::Connection => CONNECTION_BIT,
+        KnownField::KeepAlive => KEEP_ALIVE_BIT,
+        KnownField::ProxyConnection => PROXY_CONNECTION_BIT,
+        KnownField::Te => TE_BIT,
+        KnownField::TransferEncoding => TRANSFER_ENCODING_BIT,
+        KnownField::Upgrade => UPGRADE_BIT,
+        KnownField::Expect => EXPECT_BIT,
+        _ => 0,
+    }
 }
 
-/// Whether a field name, in any case, is one of the hop-by-hop fields `strip_hop_by_hop`
-/// removes (those a `Connection` field names aside).
-pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    hop_by_hop_bit(name) != 0
+/// Whether a field is one of the hop-by-hop fields `strip_hop_by_hop` removes (those a
+/// `Connection` field names aside).
+pub fn is_hop_by_hop(field: KnownField) -> bool {
+    field_bit(field) & HOP_BY_HOP != 0
 }
 
 /// True for an HTTP/1.1 request that asks to switch protocols (WebSocket and the like).
@@ -171,6 +182,19 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn a_request_going_upstream_loses_expect_as_well() {
+        // tidegate answered the client's 100-continue; the upstream must not wait to.
+        let fields = [("expect", "100-continue"), ("x-kept", "yes")];
+        let mut h = map(&fields);
+        strip_for_upstream(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+        let mut h = map(&fields);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
     }
 
     #[test]

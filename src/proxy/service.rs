@@ -443,20 +443,20 @@ fn upstream_request<'a>(
     let protocol = leaving.protocol();
     // The Host field, or else the absolute-form target's authority: what the upstream is
     // told the client asked for (HTTP/1.1 Host, HTTP/2 :authority, X-Forwarded-Host).
-    let authority = if req.headers().contains_key(header::HOST) {
-        None
-    } else {
-        req.uri()
+    let mut host = req.headers().get(header::HOST).cloned();
+    let authority = match host {
+        Some(_) => None,
+        None => req
+            .uri()
             .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     let headers = req.headers_mut();
-    headers::strip_hop_by_hop(headers, upgrade);
-    headers.remove(header::EXPECT);
+    headers::strip_for_upstream(headers, upgrade);
     if let Some(a) = authority {
-        headers.insert(header::HOST, a);
+        headers.insert(header::HOST, a.clone());
+        host = Some(a);
     }
-    let host = headers.get(header::HOST).cloned();
     let fields = Forwarding::new(headers, &conn.peer, conn.tls, host);
     let forwarding = if upgrade || protocol == UpstreamProtocol::Http2 {
         fields.insert_into(headers);

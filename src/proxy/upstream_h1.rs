@@ -33,8 +33,10 @@ const MAX_HEAD: usize = 64 * 1024;
 const WRITE_SIZE: usize = 16 * 1024;
 
 /// One connection to an upstream, with the bytes read past the last message (none between
-/// exchanges of a well-behaved upstream).
+/// exchanges of a well-behaved upstream). Boxed for its life: a response's body carries it,
+/// and every move of the response copies the body.
 struct Conn {
+    endpoint: SocketAddr,
     stream: TcpStream,
     buf: BytesMut,
     /// The last request head written, kept for its allocation.
@@ -65,11 +67,13 @@ pub(super) struct H1Pool {
     settings: PoolSettings,
 }
 
+/// An endpoint's idle connections, with the (coarse) millisecond each went idle.
+type Idle = Vec<(Box<Conn>, u64)>;
+
 #[derive(Default)]
 struct IdleConnections {
     /// A worker talks to few endpoints: a short list beats hashing.
-    /// Connections with the (coarse) millisecond each went idle.
-    by_endpoint: Vec<(SocketAddr, Vec<(Conn, u64)>)>,
+    by_endpoint: Vec<(SocketAddr, Idle)>,
     last_sweep_ms: u64,
 }
 
@@ -89,7 +93,7 @@ impl H1Pool {
         }
     }
 
-    fn take(&self, endpoint: SocketAddr) -> Option<Conn> {
+    fn take(&self, endpoint: SocketAddr) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = &mut idle.by_endpoint.iter_mut().find(|(a, _)| *a == endpoint)?.1;
         let now = clock::coarse_now_ms();
@@ -102,7 +106,8 @@ impl H1Pool {
         None
     }
 
-    fn put(&self, endpoint: SocketAddr, conn: Conn) {
+    fn put(&self, conn: Box<Conn>) {
+        let endpoint = conn.endpoint;
         let now = clock::coarse_now_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let timeout = clock::millis(self.settings.idle_timeout);
@@ -124,13 +129,14 @@ impl H1Pool {
         }
     }
 
-    async fn connect(&self, endpoint: SocketAddr) -> Result<Conn, UpstreamError> {
+    async fn connect(&self, endpoint: SocketAddr) -> Result<Box<Conn>, UpstreamError> {
         let stream = connect(endpoint, self.settings.connect_timeout).await?;
-        Ok(Conn {
+        Ok(Box::new(Conn {
+            endpoint,
             stream,
             buf: BytesMut::new(),
             head: Vec::with_capacity(512),
-        })
+        }))
     }
 
     /// Sends `req` (origin-form URI, `Host` among its headers) and reads the response head;
@@ -155,7 +161,7 @@ impl H1Pool {
             match exchange(&mut conn, &head, &mut body, chunked, req.method()).await {
                 Ok(resp) => {
                     conn.head = head;
-                    return Ok(respond(this, endpoint, conn, resp));
+                    return Ok(respond(this, conn, resp));
                 }
                 Err(e) if e.resend && reused => {
                     conn = Box::pin(this.connect(endpoint)).await?;
@@ -380,8 +386,7 @@ async fn read_head(
 /// by the body), the body still on the connection.
 fn respond(
     pool: &Arc<H1Pool>,
-    endpoint: SocketAddr,
-    mut conn: Conn,
+    mut conn: Box<Conn>,
     (mut head, request_sent): (ResponseHead, bool),
 ) -> Response<ResponseBody> {
     let bytes = conn.buf.split_to(head.len).freeze();
@@ -402,12 +407,12 @@ fn respond(
         Framing::UntilClose => Some(Remaining::UntilClose),
     };
     match remaining {
-        None if reusable && conn.buf.is_empty() => pool.put(endpoint, conn),
+        None if reusable && conn.buf.is_empty() => pool.put(conn),
         None => {}
         Some(remaining) => {
             body.remaining = remaining;
             body.conn = Some(conn);
-            body.back_to = reusable.then(|| (pool.clone(), endpoint));
+            body.back_to = reusable.then(|| pool.clone());
         }
     }
     // Made once, as the client side takes it: a response is a few hundred bytes to move.
@@ -429,9 +434,9 @@ enum Remaining {
 pub struct UpstreamBody {
     /// The response's fields, until the client side takes them.
     fields: Option<UpstreamFields>,
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     remaining: Remaining,
-    back_to: Option<(Arc<H1Pool>, SocketAddr)>,
+    back_to: Option<Arc<H1Pool>>,
 }
 
 impl UpstreamBody {
@@ -450,10 +455,10 @@ impl UpstreamBody {
 
     /// The body ended: the connection carries the next request if nothing follows it.
     fn finish(&mut self) {
-        if let (Some(conn), Some((pool, endpoint))) = (self.conn.take(), self.back_to.take())
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.back_to.take())
             && conn.buf.is_empty()
         {
-            pool.put(endpoint, conn);
+            pool.put(conn);
         }
     }
 

@@ -38,9 +38,55 @@ pub struct Field {
 }
 
 impl Field {
-    pub fn is(&self, buf: &[u8], name: &str) -> bool {
-        self.name.of(buf).eq_ignore_ascii_case(name.as_bytes())
+    /// Whether the field's name is `lower` (a lowercase name) in any case.
+    pub fn is(&self, buf: &[u8], lower: &str) -> bool {
+        token_is(self.name.of(buf), lower.as_bytes())
     }
+}
+
+/// The field names tidegate acts on, for framing, routing or as hop-by-hop (RFC 9110 7.6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KnownField {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    KeepAlive,
+    ProxyConnection,
+    Te,
+    Upgrade,
+    Host,
+    Expect,
+    Other,
+}
+
+impl KnownField {
+    /// Which known field a name (a token, as parsed heads and header maps hold) is, in any
+    /// case: told apart by its length, then one comparison. Every field of every message
+    /// goes through here, some more than once.
+    pub fn of(name: &[u8]) -> KnownField {
+        use KnownField::*;
+        let (lower, known): (&[u8], KnownField) = match name.len() {
+            2 => (b"te", Te),
+            4 => (b"host", Host),
+            6 => (b"expect", Expect),
+            7 => (b"upgrade", Upgrade),
+            10 if name[0] | 0x20 == b'c' => (b"connection", Connection),
+            10 => (b"keep-alive", KeepAlive),
+            14 => (b"content-length", ContentLength),
+            16 => (b"proxy-connection", ProxyConnection),
+            17 => (b"transfer-encoding", TransferEncoding),
+            _ => return Other,
+        };
+        if token_is(name, lower) { known } else { Other }
+    }
+}
+
+/// Whether `token` is `lower`, a lowercase name, in any case. Setting bit 0x20 lowercases
+/// a letter and changes no other token character into a letter, digit or `-`, so for a
+/// token (never for arbitrary bytes) this one operation per byte is a case-insensitive
+/// comparison.
+fn token_is(token: &[u8], lower: &[u8]) -> bool {
+    token.len() == lower.len() && token.iter().zip(lower).all(|(t, l)| t | 0x20 == *l)
 }
 
 /// The elements of a comma-separated list value, trimmed of spaces and tabs, empty ones

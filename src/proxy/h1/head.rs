@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::fields::{Field, Span, content_length, list_elements, trim};
+use super::fields::{Field, KnownField, Span, content_length, list_elements, trim};
 
 /// Header fields a head may carry; more is answered like a head too large.
 pub const MAX_FIELDS: usize = 100;
@@ -65,40 +65,46 @@ fn read_fields(buf: &[u8], fields: &[Field]) -> Result<Semantics, HeadError> {
     let mut s = Semantics::default();
     let mut chunked_seen = 0;
     for f in fields {
-        let name = f.name.of(buf);
         let value = f.value.of(buf);
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n = content_length(value).ok_or(HeadError::Malformed("invalid Content-Length"))?;
-            if s.content_length.is_some_and(|m| m != n) {
-                return Err(HeadError::Malformed("Content-Length values differ"));
-            }
-            s.content_length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            s.transfer_encoding = true;
-            // Only chunked is ours to decode; any other coding, before or after it, is not.
-            for coding in list_elements(value) {
-                if !coding.eq_ignore_ascii_case(b"chunked") {
-                    return Err(HeadError::UnsupportedCoding);
+        match KnownField::of(f.name.of(buf)) {
+            KnownField::ContentLength => {
+                let n =
+                    content_length(value).ok_or(HeadError::Malformed("invalid Content-Length"))?;
+                if s.content_length.is_some_and(|m| m != n) {
+                    return Err(HeadError::Malformed("Content-Length values differ"));
                 }
-                chunked_seen += 1;
+                s.content_length = Some(n);
             }
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in list_elements(value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    s.close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    s.keep_alive = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    s.upgrade_token = true;
+            KnownField::TransferEncoding => {
+                s.transfer_encoding = true;
+                // Only chunked is ours to decode; any other coding, before or after it, is not.
+                for coding in list_elements(value) {
+                    if !coding.eq_ignore_ascii_case(b"chunked") {
+                        return Err(HeadError::UnsupportedCoding);
+                    }
+                    chunked_seen += 1;
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            s.upgrade_field = true;
-        } else if name.eq_ignore_ascii_case(b"host") {
-            s.hosts = s.hosts.saturating_add(1);
-            s.host = f.value;
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            s.expect_continue = trim(value).eq_ignore_ascii_case(b"100-continue");
+            KnownField::Connection => {
+                for token in list_elements(value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        s.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        s.keep_alive = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        s.upgrade_token = true;
+                    }
+                }
+            }
+            KnownField::Upgrade => s.upgrade_field = true,
+            KnownField::Host => {
+                s.hosts = s.hosts.saturating_add(1);
+                s.host = f.value;
+            }
+            KnownField::Expect => {
+                s.expect_continue = trim(value).eq_ignore_ascii_case(b"100-continue");
+            }
+            _ => {}
         }
     }
     if s.transfer_encoding && chunked_seen == 0 {

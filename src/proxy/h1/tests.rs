@@ -377,3 +377,25 @@ fn a_response_without_a_reason_phrase_parses() {
     assert!(head.reason.is_empty());
     assert_eq!(head.framing(), Framing::Empty);
 }
+
+#[test]
+fn framing_fields_are_known_in_any_case_and_look_alikes_are_not() {
+    let h = request("POST / HTTP/1.1\r\nhOsT: a\r\nCONTENT-LENGTH: 5\r\n\r\n").unwrap();
+    assert_eq!(h.framing(), Framing::Length(5));
+    let h = request("POST / HTTP/1.1\r\nHost: a\r\nTransfer-ENCODING: chunked\r\n\r\n").unwrap();
+    assert_eq!(h.framing(), Framing::Chunked);
+    // Same length, one byte off: `_` for `-` (a token character some servers fold), `k` for `c`.
+    let h = request("POST / HTTP/1.1\r\nHost: a\r\nContent_Length: 5\r\n\r\n").unwrap();
+    assert_eq!(h.framing(), Framing::Empty);
+    let h = request("GET / HTTP/1.1\r\nHost: a\r\nKonnection: close\r\n\r\n").unwrap();
+    assert!(h.keep_alive);
+    let h = request("GET / HTTP/1.1\r\nHost: a\r\nCONNECTION: close\r\n\r\n").unwrap();
+    assert!(!h.keep_alive);
+    let r = response(
+        "HTTP/1.1 200 OK\r\nConTent-Length: 3\r\nCONNECTION: close\r\n\r\n",
+        "GET",
+    )
+    .unwrap();
+    assert_eq!(r.framing(), Framing::Length(3));
+    assert!(!r.keep_alive);
+}
