@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn a_request_going_upstream_loses_expect_as_well() {
-        // tidegate answered the client's 100-continue; the upstream must not wait to.
+        // tidegate answers a client's 100-continue itself; the upstream never sees it.
         let fields = [("expect", "100-continue"), ("x-kept", "yes")];
         let mut h = map(&fields);
         strip_for_upstream(&mut h, false);

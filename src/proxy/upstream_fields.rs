@@ -25,22 +25,18 @@ impl UpstreamFields {
     /// `drop_content_length`: Transfer-Encoding won over a Content-Length, which is not
     /// passed on.
     pub(super) fn new(head: Bytes, fields: Vec<Field>, drop_content_length: bool) -> Self {
-        let (mut dropped, mut has_content_length, mut connection) = (0u128, false, false);
+        let (mut dropped, mut has_content_length) = (0u128, false);
         for (i, f) in fields.iter().enumerate() {
             let known = KnownField::of(f.name.of(&head));
             let content_length = known == KnownField::ContentLength;
             if is_hop_by_hop(known) || (content_length && drop_content_length) {
                 dropped |= 1 << i;
-                connection |= known == KnownField::Connection;
             } else {
                 has_content_length |= content_length;
             }
         }
         // Names a `Connection` field lists are hop-by-hop too; most responses name none.
-        for c in fields
-            .iter()
-            .filter(|f| connection && f.is(&head, "connection"))
-        {
+        for c in fields.iter().filter(|f| f.is(&head, "connection")) {
             for option in connection_options(c.value.of(&head)) {
                 for (i, f) in fields.iter().enumerate() {
                     if f.name.of(&head).eq_ignore_ascii_case(option) {
