@@ -53,6 +53,16 @@ struct Seen {
     body: serde_json::Value,
 }
 
+/// `seen` is a server-side apply of `path` under tidegate's field manager.
+fn assert_applied(seen: &Seen, path: &str) {
+    assert_eq!(seen.method, Method::PATCH);
+    assert_eq!(
+        seen.path_and_query,
+        format!("{path}?&force=true&fieldManager=tidegate-controller")
+    );
+    assert_eq!(seen.content_type, "application/apply-patch+yaml");
+}
+
 /// Answers each request with the next of `answers` and hands back what it got.
 async fn scripted(answers: Vec<serde_json::Value>) -> (Client, tokio::task::JoinHandle<Vec<Seen>>) {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
@@ -143,12 +153,10 @@ async fn the_canary_and_services_are_applied_under_tidegates_field_manager_owned
         .expect("services");
     let seen = server.await.expect("server");
     let canary = &seen[1];
-    assert_eq!(canary.method, Method::PATCH);
-    assert_eq!(
-        canary.path_and_query,
-        "/apis/apps/v1/namespaces/prod/deployments/shop-canary?&force=true&fieldManager=tidegate-controller"
+    assert_applied(
+        canary,
+        "/apis/apps/v1/namespaces/prod/deployments/shop-canary",
     );
-    assert_eq!(canary.content_type, "application/apply-patch+yaml");
     let b = &canary.body;
     assert_eq!(b["spec"]["replicas"], 2);
     assert_eq!(
@@ -210,12 +218,10 @@ async fn the_status_is_applied_on_its_subresource_under_the_controllers_field_ma
     let seen = server.await.expect("server");
 
     let status = &seen[0];
-    assert_eq!(status.method, Method::PATCH);
-    assert_eq!(
-        status.path_and_query,
-        "/apis/tidegate.dev/v1alpha1/namespaces/prod/rollouts/shop/status?&force=true&fieldManager=tidegate-controller"
+    assert_applied(
+        status,
+        "/apis/tidegate.dev/v1alpha1/namespaces/prod/rollouts/shop/status",
     );
-    assert_eq!(status.content_type, "application/apply-patch+yaml");
     let b = &status.body;
     assert_eq!(b["apiVersion"], "tidegate.dev/v1alpha1");
     assert_eq!(b["kind"], "Rollout");

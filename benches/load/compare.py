@@ -284,7 +284,7 @@ def start_backend(procs: Procs, tmp: Path, cpu: str, port: int) -> subprocess.Po
 
 
 def start_tidegate(
-    procs: Procs, tmp: Path, cpu: str, port: int, admin: int, backend: int, binary: Path, wrap: list[str] = []
+    procs: Procs, tmp: Path, cpu: str, port: int, admin: int, backend: int, binary: Path, wrap: list[str] | None = None
 ):
     conf = tmp / "tidegate.yaml"
     # A real canary split (90/10) to the same backend: the request pays for the weighted pick.
@@ -312,11 +312,11 @@ limits:
     )
     log = tmp / "tidegate.log"
     env = dict(os.environ, RUST_LOG="warn")
-    p = procs.start(pin(cpu) + wrap + [str(binary), "proxy", "--config", str(conf)], log, env)
+    p = procs.start(pin(cpu) + (wrap or []) + [str(binary), "proxy", "--config", str(conf)], log, env)
     return p, log
 
 
-def start_haproxy(procs: Procs, tmp: Path, cpu: str, port: int, backend: int, wrap: list[str] = []):
+def start_haproxy(procs: Procs, tmp: Path, cpu: str, port: int, backend: int, wrap: list[str] | None = None):
     conf = tmp / "haproxy.cfg"
     conf.write_text(
         f"""global
@@ -341,7 +341,7 @@ backend be
 """
     )
     log = tmp / "haproxy.log"
-    return procs.start(pin(cpu) + wrap + ["haproxy", "-db", "-f", str(conf)], log), log
+    return procs.start(pin(cpu) + (wrap or []) + ["haproxy", "-db", "-f", str(conf)], log), log
 
 
 def start_nginx_proxy(procs: Procs, tmp: Path, cpu: str, port: int, backend: int):

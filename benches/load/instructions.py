@@ -87,6 +87,10 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, help="directory to keep the callgrind profiles in")
     args = ap.parse_args()
     wanted = args.targets.split(",")
+    unknown = [t for t in wanted if t not in ("tidegate", "haproxy")]
+    if unknown:
+        print(f"unknown targets: {', '.join(unknown)} (tidegate, haproxy)", file=sys.stderr)
+        return 2
 
     missing = [t for t in ("valgrind", "callgrind_control", "nginx", "wrk") if not shutil.which(t)]
     if "haproxy" in wanted and not shutil.which("haproxy"):
@@ -99,7 +103,7 @@ def main() -> int:
 
     compare.PIN["on"] = False  # instruction counts do not depend on where things run
     procs = Procs()
-    tmp = Path(tempfile.mkdtemp(prefix="tidegate-instr-"))
+    tmp = Path(tempfile.mkdtemp(prefix="tidegate-instr-"))  # configs, logs, and the profiles unless --keep
     keep = args.keep or tmp
     keep.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -114,30 +118,27 @@ def main() -> int:
                     procs, tmp, "", tg_port, tg_admin, backend_port, args.tidegate, wrap
                 )
                 port = tg_port
-            elif name == "haproxy":
+            else:
                 proc, log = compare.start_haproxy(procs, tmp, "", ha_port, backend_port, wrap)
                 port = ha_port
-            else:
-                print(f"unknown target {name}", file=sys.stderr)
-                return 2
-            instructions, requests, profile = measure(name, proc, port, out, args.duration, log)
-            results[name] = (instructions, requests, profile)
+            results[name] = measure(name, proc, port, out, args.duration, log)
             procs.stop(proc)
+
+        print(f"user-space instructions per request (callgrind; wrk -t1 -c50, {args.duration} s instrumented)")
+        base = results.get("haproxy")
+        for name, (instructions, requests, _) in results.items():
+            per = instructions / requests
+            ratio = f"  {per / (base[0] / base[1]):.3f} x HAProxy" if base and name != "haproxy" else ""
+            print(f"  {name:9} {per:9,.0f}  ({requests:,} requests){ratio}")
+        if args.top and "tidegate" in results:
+            profile = results["tidegate"][2]
+            kept = f"; profile {profile}" if args.keep else ""
+            print(f"\ntidegate's costliest functions (self cost{kept}):")
+            print(top_functions(profile, args.top))
+        return 0
     finally:
         procs.stop_all()
-
-    print(f"user-space instructions per request (callgrind; wrk -t1 -c50, {args.duration} s instrumented)")
-    base = results.get("haproxy")
-    for name, (instructions, requests, _) in results.items():
-        per = instructions / requests
-        ratio = f"  {per / (base[0] / base[1]):.3f} x HAProxy" if base and name != "haproxy" else ""
-        print(f"  {name:9} {per:9,.0f}  ({requests:,} requests){ratio}")
-    if args.top and "tidegate" in results:
-        instructions, requests, profile = results["tidegate"]
-        print(f"\ntidegate's costliest functions (self cost; profile {profile}):")
-        print(top_functions(profile, args.top))
-    return 0
-
+        shutil.rmtree(tmp, ignore_errors=True)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -93,7 +93,12 @@ const PROXY_CONNECTION_BIT: u8 = 4;
 const TE_BIT: u8 = 8;
 const TRANSFER_ENCODING_BIT: u8 = 16;
 const UPGRADE_BIT: u8 = 32;
-const HOP_BY_HOP: u8 = 63;
+const HOP_BY_HOP: u8 = CONNECTION_BIT
+    | KEEP_ALIVE_BIT
+    | PROXY_CONNECTION_BIT
+    | TE_BIT
+    | TRANSFER_ENCODING_BIT
+    | UPGRADE_BIT;
 /// Not hop-by-hop: removed from requests only.
 const EXPECT_BIT: u8 = 64;
 
