@@ -9,6 +9,7 @@ use http::{Response, StatusCode, header};
 use http_body_util::{Either, Full};
 
 use super::ProxyBody;
+use super::upstream::ExchangeFailure;
 use crate::metrics::ErrorKind;
 
 /// Why a request could not be relayed.
@@ -24,7 +25,7 @@ pub enum ProxyError {
     UpstreamTimeout(SocketAddr, Duration),
     /// The endpoint, and what went wrong on its connection.
     #[error("upstream {0} failed: {1}")]
-    UpstreamFailed(SocketAddr, String),
+    UpstreamFailed(SocketAddr, #[source] ExchangeFailure),
     #[error("request header fields are larger than {0} bytes")]
     HeaderTooLarge(usize),
     #[error("bad request: {0}")]

@@ -19,7 +19,7 @@ use super::error::ProxyError;
 use super::forwarding::{Forwarding, Peer};
 use super::headers;
 use super::idle::{BusyGuard, IdleState};
-use super::upstream::{UpstreamError, Upstreams};
+use super::upstream::{ExchangeFailure, UpstreamError, Upstreams};
 use super::wakeups::Deadline;
 use crate::clock;
 use crate::health::{Endpoint, pick_endpoint};
@@ -206,7 +206,7 @@ impl Worker {
             if !matches!(leaving, Leaving::Upgrade) {
                 return Err(fail(ProxyError::UpstreamFailed(
                     endpoint.addr,
-                    "switched protocols unasked".into(),
+                    ExchangeFailure::SwitchedUnasked,
                 )));
             }
             return Ok(self.switched(resp, client_upgrade, active));

@@ -31,9 +31,40 @@ pub struct PoolSettings {
 #[derive(Debug)]
 pub enum UpstreamError {
     /// No connection could be made: the request was never sent.
-    Connect(String),
+    Connect(ConnectFailure),
     /// The connection broke or the upstream answered with something that is not HTTP.
-    Failed(String),
+    Failed(ExchangeFailure),
+}
+
+/// Why no connection to an endpoint could be made. Its text is a one-line cause for logs.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailure {
+    #[error("connect timed out after {0:?}")]
+    TimedOut(Duration),
+    #[error("connect: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("handshake: {}", root_cause(.0))]
+    Handshake(#[source] hyper::Error),
+}
+
+/// What went wrong on an upstream connection once the request was on its way. Its text is
+/// the one-line cause a client reads after `upstream ADDR failed:`.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeFailure {
+    #[error("connection closed before a response")]
+    ClosedBeforeResponse,
+    #[error("connection closed in the response head")]
+    ClosedInHead,
+    #[error("invalid response: {0}")]
+    InvalidHead(#[source] super::h1::HeadError),
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+    /// hyper's own errors (HTTP/2 and upgrades), shown by their innermost cause, which
+    /// says more than hyper's summary.
+    #[error("{}", root_cause(.0))]
+    Hyper(#[source] hyper::Error),
+    #[error("switched protocols unasked")]
+    SwitchedUnasked,
 }
 
 pub struct Upstreams {
@@ -89,9 +120,10 @@ fn hyper_body(resp: Response<Incoming>) -> Response<ResponseBody> {
     resp.map(Either::Right)
 }
 
-pub(super) fn cause(e: &dyn std::error::Error) -> String {
+/// The innermost cause of `e`, as text.
+fn root_cause(e: &dyn std::error::Error) -> String {
     match e.source() {
-        Some(s) => cause(s),
+        Some(s) => root_cause(s),
         None => e.to_string(),
     }
 }
@@ -126,11 +158,11 @@ impl H2Connections {
         sender
             .ready()
             .await
-            .map_err(|e| UpstreamError::Failed(cause(&e)))?;
+            .map_err(|e| UpstreamError::Failed(ExchangeFailure::Hyper(e)))?;
         sender
             .send_request(req)
             .await
-            .map_err(|e| UpstreamError::Failed(cause(&e)))
+            .map_err(|e| UpstreamError::Failed(ExchangeFailure::Hyper(e)))
     }
 
     async fn connect(
@@ -142,7 +174,7 @@ impl H2Connections {
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| UpstreamError::Connect(format!("h2 handshake: {}", cause(&e))))?;
+            .map_err(|e| UpstreamError::Connect(ConnectFailure::Handshake(e)))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%endpoint, error = %e, "h2 upstream connection closed");

@@ -23,7 +23,7 @@ use super::body::{BodyError, RequestBody, ResponseBody};
 use super::forwarding::Forwarding;
 use super::h1::{ChunkedDecoder, Decoded, Framing, ResponseHead, write_chunk_header};
 use super::spares::{self, READ_SIZE};
-use super::upstream::{PoolSettings, UpstreamError, cause};
+use super::upstream::{ConnectFailure, ExchangeFailure, PoolSettings, UpstreamError};
 use super::upstream_fields::UpstreamFields;
 use crate::clock;
 
@@ -79,7 +79,7 @@ struct IdleConnections {
 
 /// Why one exchange failed, and whether the request may go again on a fresh connection.
 struct ExchangeError {
-    cause: String,
+    cause: ExchangeFailure,
     /// The upstream closed the connection as the request reached it: nothing came back,
     /// nothing of a body was sent, and the request did not all leave or may go twice.
     resend: bool,
@@ -183,7 +183,7 @@ impl H1Pool {
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
-                .map_err(|e| UpstreamError::Connect(format!("handshake: {}", cause(&e))))?;
+                .map_err(|e| UpstreamError::Connect(ConnectFailure::Handshake(e)))?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%endpoint, error = %e, "upgraded upstream connection closed");
@@ -192,7 +192,7 @@ impl H1Pool {
         sender
             .send_request(req)
             .await
-            .map_err(|e| UpstreamError::Failed(cause(&e)))
+            .map_err(|e| UpstreamError::Failed(ExchangeFailure::Hyper(e)))
     }
 }
 
@@ -203,8 +203,8 @@ pub(super) async fn connect(
 ) -> Result<TcpStream, UpstreamError> {
     let stream = tokio::time::timeout(limit, TcpStream::connect(endpoint))
         .await
-        .map_err(|_| UpstreamError::Connect(format!("connect timed out after {limit:?}")))?
-        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        .map_err(|_| UpstreamError::Connect(ConnectFailure::TimedOut(limit)))?
+        .map_err(|e| UpstreamError::Connect(ConnectFailure::Io(e)))?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
@@ -291,7 +291,7 @@ async fn exchange(
                 biased;
                 r = &mut write, if !sent => match r {
                     Ok(()) => sent = true,
-                    Err(e) => break Err((e.to_string(), true)),
+                    Err(e) => break Err((ExchangeFailure::Io(e), true)),
                 },
                 r = &mut read => break r,
             }
@@ -354,7 +354,7 @@ async fn read_head(
     rd: &mut ReadHalf<'_>,
     buf: &mut BytesMut,
     method: &[u8],
-) -> Result<ResponseHead, (String, bool)> {
+) -> Result<ResponseHead, (ExchangeFailure, bool)> {
     let mut head = ResponseHead {
         fields: spares::field_list(),
         ..ResponseHead::default()
@@ -369,15 +369,15 @@ async fn read_head(
                 }
                 Ok(true) => return Ok(head),
                 Ok(false) => {}
-                Err(e) => return Err((format!("invalid response: {e}"), false)),
+                Err(e) => return Err((ExchangeFailure::InvalidHead(e), false)),
             }
         }
         buf.reserve(READ_SIZE);
         match rd.read_buf(buf).await {
-            Ok(0) if !any => return Err(("connection closed before a response".into(), true)),
-            Ok(0) => return Err(("connection closed in the response head".into(), false)),
+            Ok(0) if !any => return Err((ExchangeFailure::ClosedBeforeResponse, true)),
+            Ok(0) => return Err((ExchangeFailure::ClosedInHead, false)),
             Ok(_) => any = true,
-            Err(e) => return Err((e.to_string(), !any)),
+            Err(e) => return Err((ExchangeFailure::Io(e), !any)),
         }
     }
 }
