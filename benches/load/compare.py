@@ -27,6 +27,7 @@ has the install commands). Everything listens on 127.0.0.1. Every process it sta
 when it ends, also on Ctrl-C, SIGTERM, or an error.
 
 Usage: benches/load/compare.py [--rounds 3] [--duration 10] [--latency-duration 10] [--json out.json]
+       [--browser-headers]  (requests carry a browser's fields, not Host alone)
 """
 
 from __future__ import annotations
@@ -424,6 +425,30 @@ def start_envoy(procs: Procs, tmp: Path, cpu: str, port: int, backend: int, bina
 
 PIN = {"on": True}
 
+# --browser-headers: the fields a browser sends with a page request (Chrome on Linux), so that
+# the per-field work of each proxy is part of what is compared. Off, wrk and oha send Host only.
+BROWSER_HEADERS = [
+    'sec-ch-ua: "Chromium";v="131", "Not_A Brand";v="24"',
+    "sec-ch-ua-mobile: ?0",
+    'sec-ch-ua-platform: "Linux"',
+    "Upgrade-Insecure-Requests: 1",
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
+    "Sec-Fetch-Site: none",
+    "Sec-Fetch-Mode: navigate",
+    "Sec-Fetch-User: ?1",
+    "Sec-Fetch-Dest: document",
+    "Accept-Encoding: gzip, deflate, br, zstd",
+    "Accept-Language: en-US,en;q=0.9",
+    "Cookie: session=3f9a1c2e; theme=dark",
+]
+HEADERS: list[str] = []
+
+
+def header_args() -> list[str]:
+    """`-H field` for each field the load generators add (wrk and oha take the same flag)."""
+    return [a for h in HEADERS for a in ("-H", h)]
+
 
 def pin(cpu: str) -> list[str]:
     return ["taskset", "-c", cpu] if PIN["on"] else []
@@ -469,7 +494,7 @@ def run_wrk(port: int, seconds: int, cpu: str, target: Target, backend: subproce
     t0 = time.monotonic()
     try:
         out = run_tool(
-            pin(cpu) + ["wrk", "-t1", "-c50", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
+            pin(cpu) + ["wrk", "-t1", "-c50", f"-d{seconds}s", *header_args(), f"http://127.0.0.1:{port}/"],
             timeout=seconds + 60,
         )
     finally:
@@ -521,6 +546,7 @@ def run_oha(oha: str, port: int, seconds: float, rate: int, cpu: str, db: Path) 
             "1",
             "--db-url",
             str(db),
+            *header_args(),
             f"http://127.0.0.1:{port}/",
         ],
         timeout=seconds + 60,
@@ -776,6 +802,9 @@ def main() -> int:
     ap.add_argument("--load-cpu", default="0")
     ap.add_argument("--server-cpu", default="1")
     ap.add_argument("--no-pin", action="store_true", help="do not use taskset")
+    ap.add_argument(
+        "--browser-headers", action="store_true", help="requests carry a browser's 13 fields besides Host"
+    )
     ap.add_argument("--json", type=Path, help="also write the raw rounds and the summary here")
     ap.add_argument("--keep-dir", action="store_true", help="keep the temp dir with configs and logs")
     args = ap.parse_args()
@@ -813,6 +842,8 @@ def main() -> int:
     for s in skipped:
         print(f"note: skipping {s}", file=sys.stderr)
 
+    if args.browser_headers:
+        HEADERS[:] = BROWSER_HEADERS
     ncpu = os.cpu_count() or 1
     PIN["on"] = not args.no_pin and ncpu >= 2
     if not PIN["on"] and not args.no_pin:
@@ -853,7 +884,8 @@ def run(args, wanted: list[str], oha: str | None, envoy: str | None, procs: Proc
             f" in {args.latency_slices} interleaved slices"
             if oha
             else ""
-        ),
+        )
+        + ("; requests with a browser's fields" if HEADERS else ""),
         flush=True,
     )
     backend = start_backend(procs, tmp, srv_cpu, backend_port)
@@ -886,7 +918,7 @@ def run(args, wanted: list[str], oha: str | None, envoy: str | None, procs: Proc
     for t in targets:
         if args.warmup > 0:
             run_tool(
-                pin(load_cpu) + ["wrk", "-t1", "-c50", f"-d{args.warmup}s", f"http://127.0.0.1:{t.port}/"],
+                pin(load_cpu) + ["wrk", "-t1", "-c50", f"-d{args.warmup}s", *header_args(), f"http://127.0.0.1:{t.port}/"],
                 timeout=args.warmup + 60,
             )
 
