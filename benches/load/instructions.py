@@ -15,8 +15,9 @@ with the same header rules), then off, and the count is divided by the requests 
 answered. The backend is nginx, not instrumented.
 
 Usage: benches/load/instructions.py [--duration 10] [--top 25] [--targets tidegate,haproxy]
-       [--tidegate target/release/tidegate] [--keep PATH]  (--keep: where the profiles go, for
-       callgrind_annotate)
+       [--tidegate target/release/tidegate] [--keep PATH] [--browser-headers]
+       (--keep: where the profiles go, for callgrind_annotate; --browser-headers: requests carry
+       the fields compare.py's option of that name adds)
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from compare import Procs, free_ports, run_tool, wait_ready  # noqa: E402
 
 
 def wrk(port: int, seconds: int) -> int:
-    out = run_tool(["wrk", "-t1", "-c50", f"-d{seconds}s", f"http://127.0.0.1:{port}/"], seconds + 60)
+    out = run_tool(
+        ["wrk", "-t1", "-c50", f"-d{seconds}s", *compare.header_args(), f"http://127.0.0.1:{port}/"], seconds + 60
+    )
     m = re.search(r"(\d+) requests in", out)
     bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
     if not m or bad:
@@ -85,7 +88,10 @@ def main() -> int:
     ap.add_argument("--targets", default="tidegate,haproxy")
     ap.add_argument("--tidegate", type=Path, default=compare.REPO / "target/release/tidegate")
     ap.add_argument("--keep", type=Path, help="directory to keep the callgrind profiles in")
+    ap.add_argument("--browser-headers", action="store_true", help="requests carry a browser's fields (compare.py's)")
     args = ap.parse_args()
+    if args.browser_headers:
+        compare.HEADERS[:] = compare.BROWSER_HEADERS
     wanted = args.targets.split(",")
     unknown = [t for t in wanted if t not in ("tidegate", "haproxy")]
     if unknown:
@@ -124,7 +130,8 @@ def main() -> int:
             results[name] = measure(name, proc, port, out, args.duration, log)
             procs.stop(proc)
 
-        print(f"user-space instructions per request (callgrind; wrk -t1 -c50, {args.duration} s instrumented)")
+        fields = ", a browser's fields" if compare.HEADERS else ""
+        print(f"user-space instructions per request (callgrind; wrk -t1 -c50{fields}, {args.duration} s instrumented)")
         base = results.get("haproxy")
         for name, (instructions, requests, _) in results.items():
             per = instructions / requests
