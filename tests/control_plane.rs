@@ -385,6 +385,47 @@ routes:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_matching_on_a_request_field_sees_it_in_any_case_and_order() {
+    let stable = named_backend("stable").await;
+    let beta = named_backend("beta").await;
+    let yaml = format!(
+        r#"admin: {{listen: "127.0.0.1:0"}}
+listeners: [{{name: web, listen: "127.0.0.1:0"}}]
+workers: 2
+routes:
+  - name: beta
+    match: {{headers: [{{name: x-beta, value: "yes"}}]}}
+    versions:
+      - {{name: beta, weight: 100, endpoints: ["{b}"]}}
+  - name: app
+    versions:
+      - {{name: stable, weight: 100, endpoints: ["{s}"]}}
+"#,
+        s = stable.addr,
+        b = beta.addr
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let client = client();
+    let url = proxy.url("/");
+    for (fields, want) in [
+        (&[("X-Beta", "yes"), ("accept", "*/*")][..], "beta"),
+        (
+            &[("accept", "*/*"), ("user-agent", "t"), ("x-beta", "yes")],
+            "beta",
+        ),
+        // Any of several values may match.
+        (&[("x-beta", "no"), ("x-beta", "yes")], "beta"),
+        (&[("x-beta", "no")], "stable"),
+        (&[("x-betas", "yes")], "stable"),
+        (&[], "stable"),
+    ] {
+        let r = fetch(&client, &url, fields).await.expect("request");
+        assert_eq!((r.status, r.body.as_str()), (200, want), "{fields:?}");
+    }
+    proxy.process.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn within_a_version_the_less_loaded_endpoint_gets_more() {
     let (slow, slow_hits) = slow_backend("slow", Duration::from_millis(50)).await;
     let (fast, fast_hits) = slow_backend("fast", Duration::ZERO).await;

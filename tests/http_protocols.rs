@@ -747,9 +747,12 @@ async fn http2_from_clients_and_to_upstreams_configured_for_it() {
     assert_eq!(version, Version::HTTP_2);
     assert_eq!(headers[header::HOST], proxy.addr().to_string().as_str());
 
-    // HTTP/1.1 client, HTTP/2 upstream: the client's Host arrives as :authority.
+    // HTTP/1.1 client, HTTP/2 upstream: the client's Host arrives as :authority, and every
+    // end-to-end field arrives too.
     let req = Request::get(proxy.url("/h2/c"))
         .header(header::HOST, "shop.test")
+        .header("X-End-To-End", "kept")
+        .header(header::ACCEPT_LANGUAGE, "en")
         .body(Empty::<Bytes>::new())
         .expect("request");
     let (status, _, body) = fetch(req).await;
@@ -757,6 +760,10 @@ async fn http2_from_clients_and_to_upstreams_configured_for_it() {
     let (version, headers) = seen.recv().await.expect("backend saw the request");
     assert_eq!(version, Version::HTTP_2);
     assert_eq!(headers[header::HOST], "shop.test", "Host is preserved");
+    assert_eq!(
+        (&headers["x-end-to-end"], &headers[header::ACCEPT_LANGUAGE]),
+        (&"kept".parse().unwrap(), &"en".parse().unwrap())
+    );
     proxy.process.shutdown().await;
 }
 

@@ -134,10 +134,14 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 }
 
 /// Checks a request head in one pass over its fields: at most `max_bytes` of names and
-/// values, and one `Host` (RFC 9112 §3.2: a second one could route by one name and reach the
-/// upstream with another).
-pub fn check_request_head(headers: &HeaderMap, max_bytes: usize) -> Result<(), ProxyError> {
-    let (mut bytes, mut hosts) = (0, 0);
+/// values (`raw_bytes` of them in fields kept out of the map), and one `Host` (RFC 9112
+/// §3.2: a second one could route by one name and reach the upstream with another).
+pub fn check_request_head(
+    headers: &HeaderMap,
+    raw_bytes: usize,
+    max_bytes: usize,
+) -> Result<(), ProxyError> {
+    let (mut bytes, mut hosts) = (raw_bytes, 0);
     for (k, v) in headers {
         bytes += k.as_str().len() + v.len() + 4;
         hosts += usize::from(k == header::HOST);

@@ -22,8 +22,10 @@ use tokio::sync::mpsc;
 
 use super::body::{BodyError, BodyFrames, RequestBody};
 use super::h1::{
-    ChunkedDecoder, Decoded, Framing, HeadError, RequestHead, write_chunk_header, write_field,
+    ChunkedDecoder, Decoded, Field, Framing, HeadError, RequestHead, write_chunk_header,
+    write_field,
 };
+use super::raw_fields::RawFields;
 use super::service::{ConnInfo, ServedBy, Tunnel, relay_tunnel};
 use super::spares::{self, READ_SIZE};
 use super::upstream_fields::UpstreamFields;
@@ -204,7 +206,7 @@ async fn after_head(mut client: Client, parsed: Result<RequestHead, HeadError>) 
         // One request, from its parsed head to its response's last byte; the connection's
         // deadline keeps the response timeout meanwhile. Written out here, not called: an
         // async fn's future is made and then copied into this one's, on every request.
-        Ok(head) => 'request: {
+        Ok(mut head) => 'request: {
             let Client {
                 stream,
                 ctx: ConnSlot(ctx, wake_key),
@@ -213,11 +215,11 @@ async fn after_head(mut client: Client, parsed: Result<RequestHead, HeadError>) 
             } = &mut client;
             let info = &**info;
             let head_bytes = buf.split_to(head.len).freeze();
-            let Some(mut req) = request(&head, &head_bytes) else {
+            let fields = std::mem::take(&mut head.fields);
+            let Some((mut req, mut raw)) = request(&head, head_bytes, fields) else {
                 ctx.worker.metrics.count_error(ErrorKind::BadRequest);
                 break 'request Next::Refuse(400, "bad request: invalid request head".into());
             };
-            drop(head_bytes);
             let is_head = req.method() == Method::HEAD;
             let remaining = match head.framing() {
                 Framing::Empty | Framing::UntilClose => None,
@@ -235,7 +237,6 @@ async fn after_head(mut client: Client, parsed: Result<RequestHead, HeadError>) 
             // The client waits for this before sending its body.
             let send_continue = pump.is_some() && head.expect_continue && buf.is_empty();
             let (client_keep_alive, minor) = (head.keep_alive, head.minor_version);
-            spares::give_back_field_list(head.fields);
             if send_continue
                 && stream
                     .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -251,7 +252,7 @@ async fn after_head(mut client: Client, parsed: Result<RequestHead, HeadError>) 
                     .worker
                     .handle(
                         info,
-                        ServedBy::Own(ctx.wakeups.deadline(wake_key)),
+                        ServedBy::Own(ctx.wakeups.deadline(wake_key), &mut raw),
                         &mut req,
                     )
                     .await;
@@ -353,18 +354,19 @@ enum Woke {
     Stopped,
 }
 
-/// The request as the worker takes it; None when a part is not valid for `http`'s types.
-fn request(head: &RequestHead, bytes: &Bytes) -> Option<Request<RequestBody>> {
-    let method = Method::from_bytes(head.method.of(bytes)).ok()?;
-    let uri = Uri::from_maybe_shared(slice(bytes, head.target)).ok()?;
+/// The request as the worker takes it, and the fields it passes on untouched; None when a
+/// part is not valid for `http`'s types.
+fn request(
+    head: &RequestHead,
+    bytes: Bytes,
+    fields: Vec<Field>,
+) -> Option<(Request<RequestBody>, RawFields)> {
+    let method = Method::from_bytes(head.method.of(&bytes)).ok()?;
+    let uri = Uri::from_maybe_shared(slice(&bytes, head.target)).ok()?;
     // Room for the forwarding fields, which go into the map when the request leaves by
     // HTTP/2 or as an upgrade: the map never grows on the way.
-    let mut headers = spares::header_map(head.fields.len() + 6);
-    for f in &head.fields {
-        let name = HeaderName::from_bytes(f.name.of(bytes)).ok()?;
-        let value = HeaderValue::from_maybe_shared(slice(bytes, f.value)).ok()?;
-        headers.append(name, value);
-    }
+    let mut headers = spares::header_map(fields.len() + 6);
+    let raw = RawFields::split(bytes, fields, &mut headers)?;
     let mut req = Request::new(RequestBody::Empty);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -374,7 +376,7 @@ fn request(head: &RequestHead, bytes: &Bytes) -> Option<Request<RequestBody>> {
         Version::HTTP_11
     };
     *req.headers_mut() = headers;
-    Some(req)
+    Some((req, raw))
 }
 
 pub(super) fn slice(bytes: &Bytes, span: super::h1::Span) -> Bytes {

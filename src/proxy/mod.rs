@@ -15,6 +15,7 @@ pub mod h1;
 pub mod headers;
 mod http1;
 mod idle;
+mod raw_fields;
 mod service;
 mod spares;
 pub mod tls;

@@ -19,7 +19,8 @@ use super::error::ProxyError;
 use super::forwarding::{Forwarding, Peer};
 use super::headers;
 use super::idle::{BusyGuard, IdleState};
-use super::upstream::{ExchangeFailure, UpstreamError, Upstreams};
+use super::raw_fields::RawFields;
+use super::upstream::{ExchangeFailure, ExtraFields, UpstreamError, Upstreams};
 use super::wakeups::Deadline;
 use crate::clock;
 use crate::health::{Endpoint, pick_endpoint};
@@ -82,8 +83,9 @@ pub enum ServedBy<'a> {
     /// has been sent.
     Hyper(&'a Arc<IdleState>),
     /// tidegate's own HTTP/1.1 loop, which keeps its own guard and lends the connection's
-    /// deadline for the response timeout: a request then costs no timer registration.
-    Own(Deadline<'a>),
+    /// deadline for the response timeout: a request then costs no timer registration. The
+    /// fields tidegate does not read stay out of the request's map, as spans of its head.
+    Own(Deadline<'a>, &'a mut RawFields),
 }
 
 impl Worker {
@@ -97,22 +99,26 @@ impl Worker {
         req: &mut Request<RequestBody>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
-        let (busy, own_deadline) = match served_by {
+        let (busy, own_deadline, mut raw) = match served_by {
             ServedBy::Hyper(idle) => (
                 Some(BusyGuard::begin(idle, req.version() == HttpVersion::HTTP_2)),
                 None,
+                None,
             ),
-            ServedBy::Own(deadline) => (None, Some(deadline)),
+            ServedBy::Own(deadline, raw) => (None, Some(deadline), Some(raw)),
         };
         // Decided and finished by plain functions around the one await: each async layer
         // would be a future made and copied into its caller's on every request.
-        let relayed = match self.prepare(conn, req, start) {
+        let relayed = match self.prepare(conn, req, raw.as_deref_mut(), start) {
             Ok(p) => {
                 let sent = self
                     .send(
                         &p.target,
                         req,
-                        p.forwarding.as_ref(),
+                        ExtraFields {
+                            raw: raw.as_deref(),
+                            forwarding: p.forwarding.as_ref(),
+                        },
                         p.leaving,
                         start,
                         own_deadline,
@@ -141,14 +147,30 @@ impl Worker {
         &self,
         conn: &'c ConnInfo,
         req: &mut Request<RequestBody>,
+        mut raw: Option<&mut RawFields>,
         start: Instant,
     ) -> Result<Prepared<'c>, Refusal> {
-        headers::check_request_head(req.headers(), self.max_header_bytes).map_err(|e| (e, None))?;
+        let raw_len = raw.as_deref().map_or(0, RawFields::wire_len);
+        headers::check_request_head(req.headers(), raw_len, self.max_header_bytes)
+            .map_err(|e| (e, None))?;
         let upgrade =
             req.version() == HttpVersion::HTTP_11 && headers::is_upgrade_request(req.headers());
         let retryable = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
             && req.body().is_end_stream();
-        let target = self.target(req, retryable, clock::ms_at(start))?;
+        let target = self.target(req, raw.as_deref_mut(), retryable, clock::ms_at(start))?;
+        let leaving = if upgrade {
+            Leaving::Upgrade
+        } else {
+            Leaving::Request(target.protocol)
+        };
+        // Only tidegate's own HTTP/1.1 upstream path writes fields from spans; hyper writes
+        // the map.
+        if let Some(raw) = raw
+            && !matches!(leaving, Leaving::Request(UpstreamProtocol::Http1))
+        {
+            raw.move_into(req.headers_mut(), |_| true)
+                .map_err(|e| (e, None))?;
+        }
         let active = target.stats.begin();
         // hyper's connections hand over the client side of an upgrade in the request;
         // tidegate's own HTTP/1.1 loop runs the tunnel itself (`Tunnel` in the response).
@@ -156,11 +178,6 @@ impl Worker {
             req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()
         } else {
             None
-        };
-        let leaving = if upgrade {
-            Leaving::Upgrade
-        } else {
-            Leaving::Request(target.protocol)
         };
         let forwarding = upstream_request(conn, req, leaving, &target.endpoint);
         Ok(Prepared {
@@ -227,7 +244,7 @@ impl Worker {
         &self,
         target: &Target,
         up_req: &mut Request<RequestBody>,
-        forwarding: Option<&Forwarding<'_>>,
+        extra: ExtraFields<'_>,
         leaving: Leaving,
         start: Instant,
         mut own_deadline: Option<Deadline<'_>>,
@@ -256,7 +273,7 @@ impl Worker {
                             Box::pin(upstreams.send_upgrade(addr, req)).await
                         }
                         Leaving::Request(UpstreamProtocol::Http1) => {
-                            upstreams.send_http1(addr, req, forwarding).await
+                            upstreams.send_http1(addr, req, extra).await
                         }
                         // Boxed: the HTTP/1.1 request's future stays small.
                         Leaving::Request(UpstreamProtocol::Http2) => {
@@ -314,11 +331,19 @@ impl Worker {
     /// Loads the route table once, decides, and lets go of it before any await.
     fn target(
         &self,
-        req: &Request<RequestBody>,
+        req: &mut Request<RequestBody>,
+        raw: Option<&mut RawFields>,
         retryable: bool,
         now_ms: u64,
     ) -> Result<Target, Refusal> {
         let table = self.routes.load();
+        // Fields the routes match on are read from the map.
+        if let Some(raw) = raw
+            && !table.fields_read.is_empty()
+        {
+            raw.move_into(req.headers_mut(), |name| table.reads(name))
+                .map_err(|e| (e, None))?;
+        }
         let host = req
             .headers()
             .get(header::HOST)

@@ -13,7 +13,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::body::ResponseBody;
-use super::forwarding::Forwarding;
+pub use super::upstream_h1::ExtraFields;
 use super::upstream_h1::{self, H1Pool};
 
 /// Body sent upstream: the client's, streamed, or an empty one for a retried bodiless request.
@@ -90,9 +90,9 @@ impl Upstreams {
         &'a self,
         endpoint: SocketAddr,
         req: &'a mut Request<UpstreamBody>,
-        forwarding: Option<&'a Forwarding<'a>>,
+        extra: ExtraFields<'a>,
     ) -> impl Future<Output = Result<Response<ResponseBody>, UpstreamError>> + Send + 'a {
-        H1Pool::send(&self.http1, endpoint, req, forwarding)
+        H1Pool::send(&self.http1, endpoint, req, extra)
     }
 
     /// Sends `req` to `endpoint` over its h2c connection; the URI's authority becomes

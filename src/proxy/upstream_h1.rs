@@ -22,6 +22,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use super::body::{BodyError, RequestBody, ResponseBody};
 use super::forwarding::Forwarding;
 use super::h1::{ChunkedDecoder, Decoded, Framing, ResponseHead, write_chunk_header};
+use super::raw_fields::RawFields;
 use super::spares::{self, READ_SIZE};
 use super::upstream::{ConnectFailure, ExchangeFailure, PoolSettings, UpstreamError};
 use super::upstream_fields::UpstreamFields;
@@ -145,7 +146,7 @@ impl H1Pool {
         this: &Arc<H1Pool>,
         endpoint: SocketAddr,
         req: &mut Request<RequestBody>,
-        forwarding: Option<&Forwarding<'_>>,
+        extra: ExtraFields<'_>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let mut body = std::mem::replace(req.body_mut(), RequestBody::Empty);
         // Connecting is boxed: the rare path keeps the common future small.
@@ -155,7 +156,7 @@ impl H1Pool {
         };
         let mut head = std::mem::take(&mut conn.head);
         head.clear();
-        let chunked = encode_head(req, forwarding, &body, &mut head);
+        let chunked = encode_head(req, extra, &body, &mut head);
         spares::give_back_header_map(std::mem::take(req.headers_mut()));
         loop {
             match exchange(&mut conn, &head, &mut body, chunked, req.method()).await {
@@ -209,11 +210,19 @@ pub(super) async fn connect(
     Ok(stream)
 }
 
-/// Writes the request line and fields, the forwarding fields after the map's; true when the
-/// body goes chunked.
+/// Fields written after a request's map: the client's that pass untouched, then tidegate's
+/// forwarding fields.
+#[derive(Clone, Copy, Default)]
+pub struct ExtraFields<'a> {
+    pub raw: Option<&'a RawFields>,
+    pub forwarding: Option<&'a Forwarding<'a>>,
+}
+
+/// Writes the request line and fields, the map's and then `extra`; true when the body goes
+/// chunked.
 fn encode_head(
     req: &Request<RequestBody>,
-    forwarding: Option<&Forwarding<'_>>,
+    extra: ExtraFields<'_>,
     body: &RequestBody,
     out: &mut Vec<u8>,
 ) -> bool {
@@ -223,7 +232,10 @@ fn encode_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     super::http1::write_fields(req.headers(), out);
-    if let Some(forwarding) = forwarding {
+    if let Some(raw) = extra.raw {
+        raw.write(out);
+    }
+    if let Some(forwarding) = extra.forwarding {
         forwarding.write(out);
     }
     let mut chunked = false;

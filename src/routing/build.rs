@@ -26,21 +26,31 @@ impl RouteTable {
         weights: &RouteWeights,
     ) -> RouteTable {
         let p = &config.passive_health;
+        let routes: Vec<Arc<Route>> = config
+            .routes
+            .iter()
+            .map(|r| {
+                Arc::new(build_route(
+                    r,
+                    config,
+                    endpoints,
+                    metrics,
+                    weights.get(&r.name),
+                ))
+            })
+            .collect();
+        let mut fields_read: Vec<HeaderName> = routes
+            .iter()
+            .flat_map(|r| r.matcher.headers.iter().map(|(name, _)| name))
+            .chain(routes.iter().filter_map(|r| r.version_header.as_ref()))
+            .cloned()
+            .collect();
+        fields_read.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        fields_read.dedup();
         RouteTable {
-            routes: config
-                .routes
-                .iter()
-                .map(|r| {
-                    Arc::new(build_route(
-                        r,
-                        config,
-                        endpoints,
-                        metrics,
-                        weights.get(&r.name),
-                    ))
-                })
-                .collect(),
+            routes,
             passive: PassivePolicy::new(p.consecutive_failures, p.ejection, p.max_ejection),
+            fields_read,
         }
     }
 }

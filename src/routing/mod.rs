@@ -27,6 +27,9 @@ pub use writer::{RouteError, RouteReader, RouteWriter};
 pub struct RouteTable {
     pub routes: Vec<Arc<Route>>,
     pub passive: PassivePolicy,
+    /// Every request field a route matches on or takes its version from: the proxy keeps
+    /// other fields out of a request's map on its HTTP/1.1 path.
+    pub fields_read: Vec<HeaderName>,
 }
 
 pub struct Route {
@@ -102,6 +105,13 @@ impl RouteTable {
         self.routes
             .iter()
             .find(|r| r.matcher.matches(host, path, headers))
+    }
+
+    /// Whether a route reads the request field `name` (in any case).
+    pub fn reads(&self, name: &[u8]) -> bool {
+        self.fields_read
+            .iter()
+            .any(|f| f.as_str().as_bytes().eq_ignore_ascii_case(name))
     }
 
     pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
