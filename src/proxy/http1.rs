@@ -22,8 +22,7 @@ use tokio::sync::mpsc;
 
 use super::body::{BodyError, BodyFrames, RequestBody};
 use super::h1::{
-    ChunkedDecoder, Decoded, Field, Framing, HeadError, RequestHead, write_chunk_header,
-    write_field,
+    ChunkedDecoder, Decoded, Framing, HeadError, RequestHead, write_chunk_header, write_field,
 };
 use super::raw_fields::RawFields;
 use super::service::{ConnInfo, ServedBy, Tunnel, relay_tunnel};
@@ -215,8 +214,8 @@ async fn after_head(mut client: Client, parsed: Result<RequestHead, HeadError>) 
             } = &mut client;
             let info = &**info;
             let head_bytes = buf.split_to(head.len).freeze();
-            let fields = std::mem::take(&mut head.fields);
-            let Some((mut req, mut raw)) = request(&head, head_bytes, fields) else {
+            let mut raw = RawFields::new(head_bytes, std::mem::take(&mut head.fields));
+            let Some(mut req) = request(&head, &mut raw) else {
                 ctx.worker.metrics.count_error(ErrorKind::BadRequest);
                 break 'request Next::Refuse(400, "bad request: invalid request head".into());
             };
@@ -354,19 +353,17 @@ enum Woke {
     Stopped,
 }
 
-/// The request as the worker takes it, and the fields it passes on untouched; None when a
-/// part is not valid for `http`'s types.
-fn request(
-    head: &RequestHead,
-    bytes: Bytes,
-    fields: Vec<Field>,
-) -> Option<(Request<RequestBody>, RawFields)> {
-    let method = Method::from_bytes(head.method.of(&bytes)).ok()?;
-    let uri = Uri::from_maybe_shared(slice(&bytes, head.target)).ok()?;
+/// The request as the worker takes it, with the fields tidegate reads; the others stay in
+/// `raw`. None when a part is not valid for `http`'s types.
+fn request(head: &RequestHead, raw: &mut RawFields) -> Option<Request<RequestBody>> {
+    let method = Method::from_bytes(head.method.of(raw.head())).ok()?;
+    let uri = Uri::from_maybe_shared(slice(raw.head(), head.target)).ok()?;
     // Room for the forwarding fields, which go into the map when the request leaves by
     // HTTP/2 or as an upgrade: the map never grows on the way.
-    let mut headers = spares::header_map(fields.len() + 6);
-    let raw = RawFields::split(bytes, fields, &mut headers)?;
+    let mut headers = spares::header_map(raw.count() + 6);
+    if !raw.sort_into(&mut headers) {
+        return None;
+    }
     let mut req = Request::new(RequestBody::Empty);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -376,7 +373,7 @@ fn request(
         Version::HTTP_11
     };
     *req.headers_mut() = headers;
-    Some((req, raw))
+    Some(req)
 }
 
 pub(super) fn slice(bytes: &Bytes, span: super::h1::Span) -> Bytes {

@@ -16,30 +16,42 @@ pub struct RawFields {
 }
 
 impl RawFields {
-    /// Sorts a head's `fields` (spans of `head`): those tidegate reads go into `map`, the
-    /// others stay raw. None when a field that goes into the map is not valid for it.
-    pub fn split(head: Bytes, mut fields: Vec<Field>, map: &mut HeaderMap) -> Option<RawFields> {
-        let mut invalid = false;
+    /// A head's `fields`, spans of `head`, all untouched until sorted.
+    pub fn new(head: Bytes, fields: Vec<Field>) -> RawFields {
+        RawFields { head, fields }
+    }
+
+    /// How many fields there are.
+    pub fn count(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// The head the fields are spans of.
+    pub fn head(&self) -> &Bytes {
+        &self.head
+    }
+
+    /// Moves the fields tidegate reads into `map`; the others stay. False when one that
+    /// goes into the map is not valid for it.
+    pub fn sort_into(&mut self, map: &mut HeaderMap) -> bool {
+        let mut valid = true;
         let mut names_others = false;
-        fields.retain(|f| {
-            let name = f.name.of(&head);
+        let head = &self.head;
+        self.fields.retain(|f| {
+            let name = f.name.of(head);
             if !read_by_tidegate(name) {
                 return true;
             }
-            if f.is(&head, "connection") {
-                names_others |= headers::connection_options(f.value.of(&head))
+            if f.is(head, "connection") {
+                names_others |= headers::connection_options(f.value.of(head))
                     .next()
                     .is_some();
             }
-            invalid |= !append(map, &head, f);
+            valid &= append(map, head, f);
             false
         });
-        let mut raw = RawFields { head, fields };
         // Fields a Connection field names are hop-by-hop: the map's rules remove them.
-        if names_others {
-            invalid |= raw.move_into(map, |_| true).is_err();
-        }
-        (!invalid).then_some(raw)
+        valid && (!names_others || self.move_into(map, |_| true).is_ok())
     }
 
     /// Bytes the fields take as `check_request_head` counts them.
@@ -164,7 +176,8 @@ mod tests {
             ("accept", "text/html"),
         ]);
         let mut map = HeaderMap::new();
-        let raw = RawFields::split(head, fields, &mut map).unwrap();
+        let mut raw = RawFields::new(head, fields);
+        assert!(raw.sort_into(&mut map));
         let names: Vec<_> = map.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["host", "cookie", "x-forwarded-for", "connection"]);
         // Names keep the client's case; order stays.
@@ -184,7 +197,8 @@ mod tests {
             ("X-Kept", "yes"),
         ]);
         let mut map = HeaderMap::new();
-        let raw = RawFields::split(head, fields, &mut map).unwrap();
+        let mut raw = RawFields::new(head, fields);
+        assert!(raw.sort_into(&mut map));
         assert_eq!(written(&raw), "");
         assert_eq!(map.len(), 3);
     }
@@ -197,8 +211,8 @@ mod tests {
             ("x-canary", "again"),
         ]);
         let mut map = HeaderMap::new();
-        let mut raw = RawFields::split(head, fields, &mut map).unwrap();
-        assert!(map.is_empty());
+        let mut raw = RawFields::new(head, fields);
+        assert!(raw.sort_into(&mut map) && map.is_empty());
         raw.move_into(&mut map, |n| n.eq_ignore_ascii_case(b"x-canary"))
             .unwrap();
         let values: Vec<_> = map.get_all("x-canary").iter().collect();
