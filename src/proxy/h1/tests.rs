@@ -120,8 +120,12 @@ fn malformed_field_lines_are_refused_not_guessed_at() {
         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n",
         // obs-fold.
         "GET / HTTP/1.1\r\nHost: a\r\nX-A: one\r\n two\r\n\r\n",
-        // A NUL in a value, a space in a name, a bare CR.
+        // A NUL or another control byte in a value (fields tidegate does not read are
+        // forwarded as they came: the parser is their only check), a space in a name, a
+        // bare CR.
         "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\0b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x01b\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x7fb\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a\r\nX A: b\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a\rX-A: b\r\n\r\n",
         // Versions other than 1.0 and 1.1, junk methods.
