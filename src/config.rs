@@ -15,7 +15,6 @@ use crate::units::FieldError;
 
 mod locate;
 
-pub use locate::line_of;
 
 /// A configuration that failed to load: says which file, which line (when known), which field.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +23,18 @@ pub struct ConfigError {
     pub line: Option<usize>,
     pub field: String,
     pub message: String,
+}
+
+impl ConfigError {
+    /// `e`, found in `file` (whose text is `text`), at the line its field is on.
+    pub fn in_file(file: &Path, text: &str, e: FieldError) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            line: locate::line_of(text, &e.field),
+            field: e.field,
+            message: e.message,
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -216,12 +227,9 @@ impl Config {
             proxy,
             rollouts,
         };
-        config.validate(mode).map_err(|e| ConfigError {
-            file: file.to_path_buf(),
-            line: locate::line_of(text, &e.field),
-            field: e.field,
-            message: e.message,
-        })?;
+        config
+            .validate(mode)
+            .map_err(|e| ConfigError::in_file(file, text, e))?;
         Ok(config)
     }
 
@@ -250,9 +258,8 @@ impl Config {
                 continue;
             };
             let names: Vec<&str> = route.versions.iter().map(|v| v.name.as_str()).collect();
-            spec.validate(&names).map_err(|(field, message)| {
-                FieldError::new(field, message).under(&format!("routes[{i}].rollout"))
-            })?;
+            spec.validate(&names)
+                .map_err(|e| e.under(&format!("routes[{i}].rollout")))?;
         }
         Ok(())
     }

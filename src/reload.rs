@@ -9,12 +9,13 @@ use crate::config::{Config, ConfigError};
 use crate::metrics::{Metrics, ReloadResult};
 use crate::proxy::CertStore;
 use crate::routing::{RouteSource, TablePublisher};
+use crate::units::FieldError;
 
 /// Something that keeps state derived from the config (the rollout controller): it may
 /// refuse a config that contradicts that state, and hears when a new one is in force.
 pub trait ConfigListener: Send + Sync {
     /// Err((field path, what is wrong)) refuses the config; nothing changes.
-    fn check(&self, config: &Config) -> Result<(), (String, String)>;
+    fn check(&self, config: &Config) -> Result<(), FieldError>;
     /// `config` is now in force.
     fn applied(&self, config: &Config);
 }
@@ -81,18 +82,10 @@ impl Reloader {
             let Some(listener) = &self.listener else {
                 return Ok(config);
             };
-            match listener.check(&config) {
-                Ok(()) => Ok(config),
-                Err((field, message)) => {
-                    let text = std::fs::read_to_string(&self.path).unwrap_or_default();
-                    Err(ConfigError {
-                        file: self.path.clone(),
-                        line: crate::config::line_of(&text, &field),
-                        field,
-                        message,
-                    })
-                }
-            }
+            listener.check(&config).map(|()| config).map_err(|e| {
+                let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+                ConfigError::in_file(&self.path, &text, e)
+            })
         });
         let config = match checked {
             Ok(c) => c,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::codes::ErrorCode;
 use super::condition::Condition;
 use super::sequential::Settings;
-use crate::units::serde_duration;
+use crate::units::{FieldError, serde_duration};
 
 /// A set of metrics judged together: a step analysis or the background analysis.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
@@ -246,34 +246,34 @@ impl MetricSpec {
     }
 
     /// Checks what serde cannot; returns a field path relative to the metric and what is wrong.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         if self.name.is_empty() {
-            return Err(("name".into(), "a metric needs a name".into()));
+            return Err(FieldError::new("name", "a metric needs a name"));
         }
         if self.interval.is_zero() {
-            return Err(("interval".into(), "must be above zero".into()));
+            return Err(FieldError::new("interval", "must be above zero"));
         }
         if self.count == Some(0) {
-            return Err(("count".into(), "must be at least 1".into()));
+            return Err(FieldError::new("count", "must be at least 1"));
         }
         match &self.provider {
             ProviderSpec::Builtin(b) => {
                 if !(1..=60).contains(&b.window.as_secs()) {
-                    return Err((
-                        "provider.builtin.window".into(),
-                        "must be between 1s and 60s".into(),
+                    return Err(FieldError::new(
+                        "provider.builtin.window",
+                        "must be between 1s and 60s",
                     ));
                 }
                 match (b.metric, b.quantile) {
                     (BuiltinKind::Latency, None) => {
-                        return Err((
-                            "provider.builtin.quantile".into(),
-                            "latency needs a quantile, e.g. 0.99".into(),
+                        return Err(FieldError::new(
+                            "provider.builtin.quantile",
+                            "latency needs a quantile, e.g. 0.99",
                         ));
                     }
                     (_, Some(q)) if !(0.0..=1.0).contains(&q) || q == 0.0 => {
-                        return Err((
-                            "provider.builtin.quantile".into(),
+                        return Err(FieldError::new(
+                            "provider.builtin.quantile",
                             format!("`{q}` is not in (0, 1]"),
                         ));
                     }
@@ -282,61 +282,61 @@ impl MetricSpec {
                 if let Some(a) = b.alpha
                     && !(a > 0.0 && a <= 0.5)
                 {
-                    return Err((
-                        "provider.builtin.alpha".into(),
+                    return Err(FieldError::new(
+                        "provider.builtin.alpha",
                         format!("`{a}` is not in (0, 0.5]"),
                     ));
                 }
                 if let Some(m) = b.min_effect
                     && !(0.1..=10.0).contains(&m)
                 {
-                    return Err((
-                        "provider.builtin.minEffect".into(),
+                    return Err(FieldError::new(
+                        "provider.builtin.minEffect",
                         format!("`{m}` is not in 0.1..10 (0.2 = 20 % worse than stable)"),
                     ));
                 }
                 let sequential = self.sequential().is_some();
                 let judge_fields = [b.alpha, b.min_effect, b.max_increase, b.max_ratio];
                 if !sequential && judge_fields.iter().any(Option::is_some) {
-                    return Err((
-                        "provider.builtin".into(),
-                        "alpha, minEffect, maxIncrease and maxRatio belong to the sequential judge: errorRate or latency with `compare: stable` and no successCondition or failureCondition".into(),
+                    return Err(FieldError::new(
+                        "provider.builtin",
+                        "alpha, minEffect, maxIncrease and maxRatio belong to the sequential judge: errorRate or latency with `compare: stable` and no successCondition or failureCondition",
                     ));
                 }
                 match (b.metric, b.max_increase, b.max_ratio) {
                     (BuiltinKind::ErrorRate, Some(d), _) if !(0.0..1.0).contains(&d) => {
-                        return Err((
-                            "provider.builtin.maxIncrease".into(),
+                        return Err(FieldError::new(
+                            "provider.builtin.maxIncrease",
                             format!(
                                 "`{d}` is not a share of requests in 0..1 (0.005 = half a point)"
                             ),
                         ));
                     }
                     (BuiltinKind::Latency, _, Some(r)) if !(1.0..=10.0).contains(&r) => {
-                        return Err((
-                            "provider.builtin.maxRatio".into(),
+                        return Err(FieldError::new(
+                            "provider.builtin.maxRatio",
                             format!("`{r}` is not a ratio in 1..10 (1.2 = 20 % slower)"),
                         ));
                     }
                     (BuiltinKind::Latency, Some(_), _) => {
-                        return Err((
-                            "provider.builtin.maxIncrease".into(),
-                            "maxIncrease is for errorRate; latency takes maxRatio".into(),
+                        return Err(FieldError::new(
+                            "provider.builtin.maxIncrease",
+                            "maxIncrease is for errorRate; latency takes maxRatio",
                         ));
                     }
                     (BuiltinKind::ErrorRate, _, Some(_)) => {
-                        return Err((
-                            "provider.builtin.maxRatio".into(),
-                            "maxRatio is for latency; errorRate takes maxIncrease".into(),
+                        return Err(FieldError::new(
+                            "provider.builtin.maxRatio",
+                            "maxRatio is for latency; errorRate takes maxIncrease",
                         ));
                     }
                     _ => {}
                 }
                 // The windows keep a minute: a look must come before its seconds are gone.
                 if sequential && self.interval > Duration::from_secs(30) {
-                    return Err((
-                        "interval".into(),
-                        "the sequential judge looks at least every 30s".into(),
+                    return Err(FieldError::new(
+                        "interval",
+                        "the sequential judge looks at least every 30s",
                     ));
                 }
             }
@@ -345,18 +345,18 @@ impl MetricSpec {
                 // `RolloutSpec::default_prometheus_at`).
                 if !p.address.is_empty() {
                     http_url(&p.address)
-                        .map_err(|e| ("provider.prometheus.address".to_string(), e))?;
+                        .map_err(|e| FieldError::new("provider.prometheus.address", e))?;
                 }
                 if p.query.trim().is_empty() {
-                    return Err(("provider.prometheus.query".into(), "empty query".into()));
+                    return Err(FieldError::new("provider.prometheus.query", "empty query"));
                 }
             }
             ProviderSpec::Http(h) => {
                 if let Some(path) = &h.json_path {
                     super::json_path::to_pointer(path)
-                        .map_err(|e| ("provider.http.jsonPath".to_string(), e))?;
+                        .map_err(|e| FieldError::new("provider.http.jsonPath", e))?;
                 }
-                http_url(&h.url).map_err(|e| ("provider.http.url".to_string(), e))?;
+                http_url(&h.url).map_err(|e| FieldError::new("provider.http.url", e))?;
             }
             ProviderSpec::Healthcheck(_) => {}
         }

@@ -23,6 +23,7 @@ use crate::rollout::{
 };
 use crate::routing::{RouteWeights, TablePublisher};
 use crate::store::{FileStore, StoreError};
+use crate::units::FieldError;
 
 /// Why a command through the controller failed; nothing changed.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +170,7 @@ impl Controller {
 }
 
 impl ConfigListener for Controller {
-    fn check(&self, config: &Config) -> Result<(), (String, String)> {
+    fn check(&self, config: &Config) -> Result<(), FieldError> {
         let rollouts = self.inner.lock();
         for (i, route) in config.proxy.routes.iter().enumerate() {
             let Some(r) = rollouts.get(&route.name) else {
@@ -180,7 +181,7 @@ impl ConfigListener for Controller {
             }
             let stable = &r.status.stable;
             if !route.versions.iter().any(|v| &v.name == stable) {
-                return Err((
+                return Err(FieldError::new(
                     format!("routes[{i}].versions"),
                     format!(
                         "version `{stable}` is the stable version of rollout `{}`: keep it until another version is promoted",

@@ -75,7 +75,7 @@ pub fn rollout_of(
             let spec: RolloutSpec =
                 yaml_serde::from_str(yaml).map_err(|e| bad(ROLLOUT, e.to_string()))?;
             spec.validate_for_cluster()
-                .map_err(|(field, message)| bad(ROLLOUT, format!("{field}: {message}")))?;
+                .map_err(|e| bad(ROLLOUT, e.to_string()))?;
             spec
         }
         (None, Some(steps)) => {
@@ -198,7 +198,7 @@ fn short_form(steps: &str, judge: &Judge) -> Result<RolloutSpec, AnnotationError
         metrics: judge.metrics(None),
     });
     spec.validate_for_cluster()
-        .map_err(|(field, message)| bad(STEPS, format!("{field}: {message}")))?;
+        .map_err(|e| bad(STEPS, e.to_string()))?;
     Ok(spec)
 }
 

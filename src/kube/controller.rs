@@ -24,7 +24,7 @@ use crate::analysis::{self, MeasureContext, ProviderSpec, Reading, Vars, judge};
 use crate::controller::{RolloutCounters, RolloutView};
 use crate::metrics::VersionStats;
 use crate::rollout::{MeasureRequest, MeasurementResult};
-use crate::units::WeightBps;
+use crate::units::{FieldError, WeightBps};
 
 /// Why a look at a rollout failed; it is tried again.
 #[derive(Debug, thiserror::Error)]
@@ -237,11 +237,11 @@ pub async fn reconcile(
         Err(e) => Some(e),
         Ok(()) if ctx.prometheus.is_none() => spec
             .default_prometheus_at()
-            .map(|at| (at, NO_DEFAULT_PROMETHEUS.to_string())),
+            .map(|at| FieldError::new(at, NO_DEFAULT_PROMETHEUS)),
         Ok(()) => None,
     };
-    if let Some((field, why)) = refused {
-        let message = format!("spec.{field}: {why}");
+    if let Some(refused) = refused {
+        let message = format!("spec.{refused}");
         let mut st = status.clone();
         plan::set_condition(
             &mut st.conditions,

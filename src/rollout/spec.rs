@@ -8,7 +8,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::analysis::{AnalysisSpec, BackgroundAnalysis, MetricSpec, ProviderSpec, http_url};
-use crate::units::{FULL_WEIGHT, WeightBps, serde_duration, serde_opt_duration, serde_weight};
+use crate::units::{
+    FULL_WEIGHT, FieldError, WeightBps, serde_duration, serde_opt_duration, serde_weight,
+};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -127,31 +129,31 @@ impl RolloutSpec {
 
     /// Checks what serde cannot, given the route's version names; returns a field path
     /// relative to the rollout and what is wrong.
-    pub fn validate(&self, versions: &[&str]) -> Result<(), (String, String)> {
+    pub fn validate(&self, versions: &[&str]) -> Result<(), FieldError> {
         if self.canary.is_empty() {
-            return Err((
-                "canary".into(),
-                "which version to roll out is needed, e.g. `canary: v2`".into(),
+            return Err(FieldError::new(
+                "canary",
+                "which version to roll out is needed, e.g. `canary: v2`",
             ));
         }
         if !versions.contains(&self.canary.as_str()) {
-            return Err((
-                "canary".into(),
+            return Err(FieldError::new(
+                "canary",
                 format!("no version named `{}` in this route", self.canary),
             ));
         }
         if let Some(stable) = &self.stable
             && !versions.contains(&stable.as_str())
         {
-            return Err((
-                "stable".into(),
+            return Err(FieldError::new(
+                "stable",
                 format!("no version named `{stable}` in this route"),
             ));
         }
         if let Some(at) = self.default_prometheus_at() {
-            return Err((
+            return Err(FieldError::new(
                 at,
-                "the Prometheus server's URL is needed, e.g. http://127.0.0.1:9090".into(),
+                "the Prometheus server's URL is needed, e.g. http://127.0.0.1:9090",
             ));
         }
         self.validate_strategy()
@@ -189,25 +191,23 @@ impl RolloutSpec {
 
     /// Checks a rollout of a Kubernetes workload: its versions are the Deployment's pod
     /// templates, so it names none, and nothing runs commands on the controller's host.
-    pub fn validate_for_cluster(&self) -> Result<(), (String, String)> {
+    pub fn validate_for_cluster(&self) -> Result<(), FieldError> {
         for (field, set) in [
             ("canary", !self.canary.is_empty()),
             ("stable", self.stable.is_some()),
             ("onRemove", self.on_remove.is_some()),
         ] {
             if set {
-                return Err((
-                    field.into(),
-                    "not for a Kubernetes rollout: the Deployment's pod templates are its versions"
-                        .into(),
+                return Err(FieldError::new(
+                    field,
+                    "not for a Kubernetes rollout: the Deployment's pod templates are its versions",
                 ));
             }
         }
         if !self.scale_down_delay.is_zero() {
-            return Err((
-                "scaleDownDelay".into(),
-                "not for a Kubernetes rollout: the old pods are replaced once drained (drainTimeout)"
-                    .into(),
+            return Err(FieldError::new(
+                "scaleDownDelay",
+                "not for a Kubernetes rollout: the old pods are replaced once drained (drainTimeout)",
             ));
         }
         for (at, metrics) in self.analyses() {
@@ -215,10 +215,9 @@ impl RolloutSpec {
                 .iter()
                 .position(|m| matches!(m.provider, ProviderSpec::Healthcheck(_)))
             {
-                return Err((
+                return Err(FieldError::new(
                     format!("{at}.metrics[{j}].provider"),
-                    "healthcheck is for local mode: on a cluster the pods' readiness already decides which endpoints get traffic"
-                        .into(),
+                    "healthcheck is for local mode: on a cluster the pods' readiness already decides which endpoints get traffic",
                 ));
             }
         }
@@ -226,49 +225,52 @@ impl RolloutSpec {
     }
 
     /// What both modes check: steps, analysis, limits, header and webhook.
-    fn validate_strategy(&self) -> Result<(), (String, String)> {
+    fn validate_strategy(&self) -> Result<(), FieldError> {
         if self.max_weight == 0 {
-            return Err(("maxWeight".into(), "must be above 0".into()));
+            return Err(FieldError::new("maxWeight", "must be above 0"));
         }
         for (i, step) in self.steps.iter().enumerate() {
             if let Step::Analysis(a) = step {
                 if a.metrics.is_empty() {
-                    return Err((
+                    return Err(FieldError::new(
                         format!("steps[{i}].analysis.metrics"),
-                        "at least one metric is needed".into(),
+                        "at least one metric is needed",
                     ));
                 }
                 for (j, m) in a.metrics.iter().enumerate() {
                     m.validate()
-                        .map_err(|(f, e)| (format!("steps[{i}].analysis.metrics[{j}].{f}"), e))?;
+                        .map_err(|e| e.under(&format!("steps[{i}].analysis.metrics[{j}]")))?;
                 }
             }
         }
         if let Some(bg) = &self.analysis {
             if bg.starting_step > self.steps.len() {
-                return Err((
-                    "analysis.startingStep".into(),
+                return Err(FieldError::new(
+                    "analysis.startingStep",
                     format!("there are only {} steps", self.steps.len()),
                 ));
             }
             if bg.metrics.is_empty() {
-                return Err((
-                    "analysis.metrics".into(),
-                    "at least one metric is needed".into(),
+                return Err(FieldError::new(
+                    "analysis.metrics",
+                    "at least one metric is needed",
                 ));
             }
             for (j, m) in bg.metrics.iter().enumerate() {
                 m.validate()
-                    .map_err(|(f, e)| (format!("analysis.metrics[{j}].{f}"), e))?;
+                    .map_err(|e| e.under(&format!("analysis.metrics[{j}]")))?;
             }
         }
         if let Some(h) = &self.header_route
             && http::HeaderName::from_bytes(h.as_bytes()).is_err()
         {
-            return Err(("headerRoute".into(), format!("`{h}` is not a header name")));
+            return Err(FieldError::new(
+                "headerRoute",
+                format!("`{h}` is not a header name"),
+            ));
         }
         if let Some(n) = &self.notify {
-            http_url(&n.webhook).map_err(|e| ("notify.webhook".to_string(), e))?;
+            http_url(&n.webhook).map_err(|e| FieldError::new("notify.webhook", e))?;
         }
         Ok(())
     }
