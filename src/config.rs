@@ -15,7 +15,6 @@ use crate::units::FieldError;
 
 mod locate;
 
-
 /// A configuration that failed to load: says which file, which line (when known), which field.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {

@@ -111,12 +111,12 @@ fn append(map: &mut HeaderMap, head: &Bytes, f: &Field) -> bool {
     true
 }
 
-/// Whether tidegate reads or changes a request field of this name on its way upstream:
-/// framing and hop-by-hop fields, Host, Expect, the forwarding fields, and Cookie (sticky
-/// routes). Fields route matchers name are moved into the map when the table has them.
+/// Whether tidegate reads or changes a request field of this name on every route: framing
+/// and hop-by-hop fields, Host, Expect and the forwarding fields. Those some routes read
+/// (a matcher's, a version header, Cookie on sticky routes) are moved into the map when the
+/// route table has them.
 fn read_by_tidegate(name: &[u8]) -> bool {
-    const READ: [&[u8]; 7] = [
-        b"cookie",
+    const READ: [&[u8]; 6] = [
         b"forwarded",
         b"x-real-ip",
         b"x-request-id",
@@ -179,13 +179,17 @@ mod tests {
         let mut raw = RawFields::new(head, fields);
         assert!(raw.sort_into(&mut map));
         let names: Vec<_> = map.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["host", "cookie", "x-forwarded-for", "connection"]);
+        assert_eq!(names, ["host", "x-forwarded-for", "connection"]);
         // Names keep the client's case; order stays.
         assert_eq!(
             written(&raw),
-            "User-Agent: Mozilla/5.0\r\nSec-Fetch-Mode: navigate\r\naccept: text/html\r\n"
+            "User-Agent: Mozilla/5.0\r\nCookie: tidegate=canary\r\n\
+             Sec-Fetch-Mode: navigate\r\naccept: text/html\r\n"
         );
-        assert_eq!(raw.wire_len(), 10 + 11 + 4 + 14 + 8 + 4 + 6 + 9 + 4);
+        assert_eq!(
+            raw.wire_len(),
+            10 + 11 + 4 + 6 + 15 + 4 + 14 + 8 + 4 + 6 + 9 + 4
+        );
     }
 
     #[test]

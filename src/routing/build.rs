@@ -43,6 +43,12 @@ impl RouteTable {
             .iter()
             .flat_map(|r| r.matcher.headers.iter().map(|(name, _)| name))
             .chain(routes.iter().filter_map(|r| r.version_header.as_ref()))
+            .chain(
+                routes
+                    .iter()
+                    .find(|r| r.sticky.is_some())
+                    .map(|_| &http::header::COOKIE),
+            )
             .cloned()
             .collect();
         fields_read.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));

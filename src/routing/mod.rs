@@ -27,8 +27,9 @@ pub use writer::{RouteError, RouteReader, RouteWriter};
 pub struct RouteTable {
     pub routes: Vec<Arc<Route>>,
     pub passive: PassivePolicy,
-    /// Every request field a route matches on or takes its version from: the proxy keeps
-    /// other fields out of a request's map on its HTTP/1.1 path.
+    /// Every request field a route matches on or takes its version from (Cookie, when a
+    /// route is sticky): the proxy keeps other fields out of a request's map on its
+    /// HTTP/1.1 path.
     pub fields_read: Vec<HeaderName>,
 }
 
