@@ -85,10 +85,10 @@ impl RawFields {
             invalid |= !append(map, head, f);
             false
         });
-        match invalid {
-            true => Err(ProxyError::BadRequest("a request field is not valid")),
-            false => Ok(()),
+        if invalid {
+            return Err(ProxyError::BadRequest("a request field is not valid"));
         }
+        Ok(())
     }
 }
 

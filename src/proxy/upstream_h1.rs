@@ -212,7 +212,7 @@ pub(super) async fn connect(
 
 /// Fields written after a request's map: the client's that pass untouched, then tidegate's
 /// forwarding fields.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct ExtraFields<'a> {
     pub raw: Option<&'a RawFields>,
     pub forwarding: Option<&'a Forwarding<'a>>,
