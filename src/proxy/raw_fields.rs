@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::error::ProxyError;
-use super::h1::{Field, KnownField, write_field};
+use super::h1::{Field, KnownField, write_lines};
 use super::headers;
 use super::spares;
 
@@ -64,9 +64,7 @@ impl RawFields {
 
     /// Writes the fields as field lines, as they came.
     pub fn write(&self, out: &mut Vec<u8>) {
-        for f in &self.fields {
-            write_field(f.name.of(&self.head), f.value.of(&self.head), out);
-        }
+        write_lines(&self.head, self.fields.iter(), out);
     }
 
     /// Moves the fields whose name `which` picks into `map`: for routes that match on them,

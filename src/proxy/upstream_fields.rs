@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
-use super::h1::{Field, KnownField, MAX_FIELDS, write_field};
+use super::h1::{Field, KnownField, MAX_FIELDS, write_lines};
 use super::headers::{connection_options, is_hop_by_hop};
 use super::spares;
 
@@ -68,33 +68,16 @@ impl UpstreamFields {
         self.has_content_length
     }
 
-    /// Writes the passed fields in the order they came. Runs of lines that end in CRLF go
-    /// out as they came, in one copy each (most responses drop one field at most); a line
-    /// ending in a bare LF, or with an empty value, is written anew as `name: value`.
+    /// Writes the passed fields in the order they came (most responses drop one field at
+    /// most, so most go out in one copy).
     pub fn write(&self, out: &mut Vec<u8>) {
-        let head = &self.head[..];
-        // Bytes of passed lines not yet written.
-        let mut run = 0..0;
-        for (i, f) in self.fields.iter().enumerate() {
-            if self.dropped & (1 << i) != 0 {
-                continue;
-            }
-            let start = f.name.start as usize;
-            match crlf_line_end(head, f) {
-                Some(end) => {
-                    if run.end != start {
-                        out.extend_from_slice(&head[run]);
-                        run = start..start;
-                    }
-                    run.end = end;
-                }
-                None => {
-                    out.extend_from_slice(&head[std::mem::take(&mut run)]);
-                    write_field(f.name.of(head), f.value.of(head), out);
-                }
-            }
-        }
-        out.extend_from_slice(&head[run]);
+        let passed = self
+            .fields
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.dropped & (1 << i) == 0)
+            .map(|(_, f)| f);
+        write_lines(&self.head, passed, out);
     }
 
     /// The passed fields put before those of `added` (what tidegate adds, Set-Cookie...).
@@ -114,19 +97,6 @@ impl UpstreamFields {
         }
         map
     }
-}
-
-/// Where `f`'s line ends (past its LF) when it has a value and ends in CRLF.
-fn crlf_line_end(head: &[u8], f: &Field) -> Option<usize> {
-    if f.value.is_empty() {
-        return None;
-    }
-    let end = f.value.end as usize;
-    let rest = &head[end..];
-    let lf = rest.iter().position(|&b| b == b'\n')?;
-    let crlf =
-        lf > 0 && rest[lf - 1] == b'\r' && rest[..lf - 1].iter().all(|&b| b == b' ' || b == b'\t');
-    crlf.then_some(end + lf + 1)
 }
 
 impl Drop for UpstreamFields {

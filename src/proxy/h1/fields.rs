@@ -136,3 +136,41 @@ pub fn write_field(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
+
+/// Writes `fields` of the head `head`, in order. Runs of adjacent lines that end in CRLF go
+/// out as they came, in one copy each; a line ending in a bare LF, or with an empty value,
+/// is written anew as `name: value`.
+pub fn write_lines<'a>(head: &[u8], fields: impl Iterator<Item = &'a Field>, out: &mut Vec<u8>) {
+    // Bytes of lines not yet written.
+    let mut run = 0..0;
+    for f in fields {
+        let start = f.name.start as usize;
+        match crlf_line_end(head, f) {
+            Some(end) => {
+                if run.end != start {
+                    out.extend_from_slice(&head[run]);
+                    run = start..start;
+                }
+                run.end = end;
+            }
+            None => {
+                out.extend_from_slice(&head[std::mem::take(&mut run)]);
+                write_field(f.name.of(head), f.value.of(head), out);
+            }
+        }
+    }
+    out.extend_from_slice(&head[run]);
+}
+
+/// Where `f`'s line ends (past its LF) when it has a value and ends in CRLF.
+fn crlf_line_end(head: &[u8], f: &Field) -> Option<usize> {
+    if f.value.is_empty() {
+        return None;
+    }
+    let end = f.value.end as usize;
+    let rest = &head[end..];
+    let lf = rest.iter().position(|&b| b == b'\n')?;
+    let crlf =
+        lf > 0 && rest[lf - 1] == b'\r' && rest[..lf - 1].iter().all(|&b| b == b' ' || b == b'\t');
+    crlf.then_some(end + lf + 1)
+}

@@ -8,7 +8,7 @@ mod fields;
 mod head;
 
 pub use chunked::{ChunkError, ChunkedDecoder, Decoded, write_chunk_header};
-pub use fields::{Field, KnownField, Span, write_field};
+pub use fields::{Field, KnownField, Span, write_field, write_lines};
 pub use head::{Framing, HeadError, MAX_FIELDS, RequestHead, ResponseHead};
 
 #[cfg(test)]
