@@ -29,14 +29,14 @@ pub trait Judge: Send {
     ) -> Option<Call>;
 }
 
-/// The judges, fresh for one run, in the order of `NAMES`.
-pub fn all() -> Vec<Box<dyn Judge>> {
+/// The judges, fresh for one run at a canary weight of `percent`, in the order of `NAMES`.
+pub fn all(percent: u16) -> Vec<Box<dyn Judge>> {
     vec![
-        Box::new(EngineJudge::new(SEQUENTIAL)),
-        Box::new(EngineJudge::new(FIXED)),
-        Box::new(EngineJudge::new(FLAGGER)),
+        Box::new(EngineJudge::new(percent, SEQUENTIAL)),
+        Box::new(EngineJudge::new(percent, FIXED)),
+        Box::new(EngineJudge::new(percent, FLAGGER)),
         Box::new(Kayenta::new(0.02)),
-        Box::new(EngineJudge::new(FIXED_CALIBRATED)),
+        Box::new(EngineJudge::new(percent, FIXED_CALIBRATED)),
         Box::new(Kayenta::new(0.0002)),
     ]
 }
@@ -50,10 +50,10 @@ pub const NAMES: [&str; 6] = [
     "kayenta, calibrated",
 ];
 
-/// A rollout held at 10 % for an hour, judged by background analysis only.
-fn spec(metrics: &str) -> String {
+/// A rollout held at `percent` for an hour, judged by background analysis only.
+fn spec(percent: u16, metrics: &str) -> String {
     format!(
-        "canary: v2\nsteps:\n  - setWeight: 10\n  - pause: {{duration: 1h}}\nanalysis:\n  metrics:\n{metrics}"
+        "canary: v2\nsteps:\n  - setWeight: {percent}\n  - pause: {{duration: 1h}}\nanalysis:\n  metrics:\n{metrics}"
     )
 }
 
@@ -128,8 +128,9 @@ pub struct EngineJudge {
 }
 
 impl EngineJudge {
-    pub fn new(metrics: &str) -> EngineJudge {
-        let spec: RolloutSpec = yaml_serde::from_str(&spec(metrics)).expect("bench spec parses");
+    pub fn new(percent: u16, metrics: &str) -> EngineJudge {
+        let spec: RolloutSpec =
+            yaml_serde::from_str(&spec(percent, metrics)).expect("bench spec parses");
         spec.validate(&["v1", "v2"]).expect("bench spec is valid");
         EngineJudge {
             spec,

@@ -2,7 +2,7 @@
 //! tidegate's sequential judge and three baselines side by side.
 //!
 //! Every request of a run is drawn from a scenario, sent to a version by tidegate's own
-//! weighted schedule (10 % canary), and counted in the real per-version windows on a fake
+//! weighted schedule (a 10 % canary unless the scenario says otherwise), and counted in the real per-version windows on a fake
 //! clock; every second each judge looks, through the real builtin provider and the real
 //! rollout engine where it is tidegate's. Seeds are fixed: the same command prints the same
 //! table.
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use judges::Call;
-use scenarios::{Scenario, Version, World};
+use scenarios::{Expect, Scenario, Version, World};
 use tidegate::metrics::VersionStats;
 use tidegate::routing::WeightSchedule;
 
@@ -44,8 +44,9 @@ pub fn simulate(scenario: &Scenario, seed: u64) -> Vec<Verdict> {
     let world = World::new(scenario, &mut rng);
     let canary = Arc::new(VersionStats::new("app".into(), "v2".into()));
     let stable = Arc::new(VersionStats::new("app".into(), "v1".into()));
-    let schedule = WeightSchedule::new(&[9000, 1000]);
-    let mut judges = judges::all();
+    let canary_weight = scenario.canary_percent * 100;
+    let schedule = WeightSchedule::new(&[10_000 - canary_weight, canary_weight]);
+    let mut judges = judges::all(scenario.canary_percent);
     let mut verdicts = vec![Verdict::default(); judges.len()];
     let mut done = vec![false; judges.len()];
     let slow_us = scenario.slow_us();
@@ -71,7 +72,7 @@ pub fn simulate(scenario: &Scenario, seed: u64) -> Vec<Verdict> {
                 verdicts[i].bad_served = bad;
             }
         }
-        if !scenario.healthy() && done.iter().all(|d| *d) {
+        if scenario.expect() == Expect::RollBack && done.iter().all(|d| *d) {
             break;
         }
         // This second's requests: a Poisson process at the scenario's rate.
@@ -228,7 +229,7 @@ fn main() {
         let by_judge = run_many(s, args.runs, 1_000_000 * (k as u64 + 1));
         for (name, verdicts) in judges::NAMES.iter().zip(&by_judge) {
             let r = row(verdicts);
-            let line = if s.healthy() {
+            let line = if s.expect() != Expect::RollBack {
                 let times: Vec<u64> = verdicts
                     .iter()
                     .filter_map(|v| v.rolled_back_after)
@@ -237,8 +238,13 @@ fn main() {
                 if std::env::var_os("JUDGEMENT_TIMES").is_some() {
                     eprintln!("{name}: false rollbacks at {times:?}");
                 }
+                let called = if s.healthy() {
+                    "false"
+                } else {
+                    "(either is right)"
+                };
                 format!(
-                    "| {} | {name} | **{}** false | {} | | | {:.0} |\n",
+                    "| {} | {name} | **{}** {called} | {} | | | {:.0} |\n",
                     s.name,
                     pct(r.rolled_back),
                     pct(r.paused),

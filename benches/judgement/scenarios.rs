@@ -66,6 +66,15 @@ pub enum Change {
     },
 }
 
+/// What a right judge does with a canary.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Expect {
+    Keep,
+    /// The canary is worse, but by less than `minEffect`: either verdict is right.
+    Either,
+    RollBack,
+}
+
 #[derive(Clone)]
 pub struct Scenario {
     pub name: &'static str,
@@ -80,12 +89,29 @@ pub struct Scenario {
     /// its own error rate and latency wandering in 5 s blocks, all alike.
     pub independent_noise: bool,
     pub change: Change,
+    /// The canary's share of the requests, in percent.
+    pub canary_percent: u16,
+    /// Set when the canary is worse, but by less than `minEffect`: what a right judge does.
+    pub small: Option<Expect>,
     pub seconds: u64,
 }
 
 impl Scenario {
+    pub fn expect(&self) -> Expect {
+        match (self.small, self.change) {
+            (Some(e), _) => e,
+            (None, Change::None) => Expect::Keep,
+            (None, _) => Expect::RollBack,
+        }
+    }
+
+    /// A rollback would be a false one.
     pub fn healthy(&self) -> bool {
-        matches!(self.change, Change::None)
+        self.expect() == Expect::Keep
+    }
+
+    pub fn canary_share(&self) -> f64 {
+        f64::from(self.canary_percent) / 100.0
     }
 
     /// When the regression begins: detection times count from here.
@@ -123,6 +149,8 @@ fn base(name: &'static str, what: &'static str) -> Scenario {
         common_bursts: None,
         independent_noise: false,
         change: Change::None,
+        canary_percent: 10,
+        small: None,
         seconds: MINUTES_10,
     }
 }
@@ -173,7 +201,33 @@ pub fn healthy() -> Vec<Scenario> {
                 "3 % of responses from a Pareto tail (alpha 1.2)",
             )
         },
+        Scenario {
+            small: Some(Expect::Keep),
+            ..big_canary(
+                "big, +5% errors",
+                "1,000 req/s, 50 % canary erring 1.05 % (stable 1 %)",
+                1.05,
+            )
+        },
+        Scenario {
+            small: Some(Expect::Either),
+            ..big_canary(
+                "big, +10% errors",
+                "1,000 req/s, 50 % canary erring 1.1 % (stable 1 %)",
+                1.1,
+            )
+        },
     ]
+}
+
+/// A canary taking half of 1,000 req/s whose error rate is `times` stable's.
+fn big_canary(name: &'static str, what: &'static str, times: f64) -> Scenario {
+    Scenario {
+        rate: Rate::Constant(1000.0),
+        canary_percent: 50,
+        change: Change::ErrorsTimes(times),
+        ..base(name, what)
+    }
 }
 
 /// The regressions, each on its own canary.
@@ -226,6 +280,11 @@ pub fn regressions() -> Vec<Scenario> {
                 "canary fails 30 % of requests for 10 s at 30 s, then healthy",
             )
         },
+        big_canary(
+            "big, +30% errors",
+            "1,000 req/s, 50 % canary erring 1.3 % (stable 1 %)",
+            1.3,
+        ),
     ]
 }
 
@@ -368,7 +427,11 @@ impl Scenario {
                 0.01,
             ),
         };
-        let requests = 60.0 * 200.0 * 0.1;
+        let rate = match self.rate {
+            Rate::Constant(r) | Rate::Diurnal { mean: r, .. } => r,
+            Rate::PerRun(lo, hi) => (lo + hi) / 2.0,
+        };
+        let requests = 60.0 * rate * self.canary_share();
         let (l0, l1) = (requests * stable, requests * canary);
         let mut k = 0;
         while poisson_at_least(l0, k) > 0.01 {

@@ -113,7 +113,9 @@ pub struct BuiltinMetric {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpha: Option<f64>,
     /// Sequential judge: the smallest regression worth acting on, as a ratio of event rates:
-    /// 0.2 = the canary errs (or is slow) 20 % more often than stable. Default 0.2.
+    /// 0.2 = the canary errs (or is slow) 20 % more often than stable. A canary worse by
+    /// less than a quarter of it counts as good: rolled back with chance at most `alpha`,
+    /// however much traffic it serves. Default 0.2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_effect: Option<f64>,
     /// Sequential judge, `errorRate`: the canary may fail this share of requests more than
