@@ -12,8 +12,8 @@
 //! NeurIPS 2022; Lindon, Sanden & Shirikian, KDD 2022).
 //!
 //! Latency is judged the same way on "slow" responses: those slower than the pooled
-//! quantile of the second (both versions together), so a canary as fast as stable gets its
-//! share of them. A regression is looked for at the median and at the configured quantile.
+//! quantile of the seconds before (both versions together), so a canary as fast as stable
+//! gets its share of them.
 //!
 //! The null hypothesis is not quite "as good": a canary worse by less than a quarter of
 //! `minEffect` counts as good too, so a difference that small is not rolled back however
