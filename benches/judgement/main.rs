@@ -2,9 +2,9 @@
 //! tidegate's sequential judge and three baselines side by side.
 //!
 //! Every request of a run is drawn from a scenario, sent to a version by tidegate's own
-//! weighted schedule (a 10 % canary unless the scenario says otherwise), and counted in the real per-version windows on a fake
-//! clock; every second each judge looks, through the real builtin provider and the real
-//! rollout engine where it is tidegate's. Seeds are fixed: the same command prints the same
+//! weighted schedule (a 10 % canary unless the scenario says otherwise), and counted in the
+//! real per-version windows on a fake clock; every second each judge looks, through the real
+//! builtin provider and the real rollout engine where it is tidegate's. Seeds are fixed: the same command prints the same
 //! table.
 //!
 //! ```sh
