@@ -14,7 +14,7 @@ use crate::units::FieldError;
 /// Something that keeps state derived from the config (the rollout controller): it may
 /// refuse a config that contradicts that state, and hears when a new one is in force.
 pub trait ConfigListener: Send + Sync {
-    /// Err((field path, what is wrong)) refuses the config; nothing changes.
+    /// An error (the field and what is wrong with it) refuses the config; nothing changes.
     fn check(&self, config: &Config) -> Result<(), FieldError>;
     /// `config` is now in force.
     fn applied(&self, config: &Config);

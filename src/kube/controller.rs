@@ -241,7 +241,7 @@ pub async fn reconcile(
         Ok(()) => None,
     };
     if let Some(refused) = refused {
-        let message = format!("spec.{refused}");
+        let message = refused.under("spec").to_string();
         let mut st = status.clone();
         plan::set_condition(
             &mut st.conditions,

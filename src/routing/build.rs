@@ -46,8 +46,8 @@ impl RouteTable {
             .chain(
                 routes
                     .iter()
-                    .find(|r| r.sticky.is_some())
-                    .map(|_| &http::header::COOKIE),
+                    .any(|r| r.sticky.is_some())
+                    .then_some(&http::header::COOKIE),
             )
             .cloned()
             .collect();
